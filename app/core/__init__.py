@@ -1,0 +1,1 @@
+"""Platform pieces shared by every domain: settings, database, cache, telemetry."""

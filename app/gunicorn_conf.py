@@ -1,0 +1,80 @@
+"""Gunicorn settings for the app: ``gunicorn -c app/gunicorn_conf.py app.main:app``.
+
+Every value comes from the environment (names and defaults in ``app/README.md``):
+
+* ``APP_BIND``: where to listen, default ``unix:/run/webstack/app.sock``. Systemd socket
+  activation (``LISTEN_FDS``) takes precedence when present.
+* ``APP_WORKERS``: worker processes, default 2 (``UVICORN_WORKERS``, the seed's name, and
+  ``WEB_CONCURRENCY`` are read when it is unset).
+* ``APP_SOCKET_UMASK``: default ``0o117``, so the socket is ``srw-rw----``: the app's user
+  and group only (Gunicorn's default umask 0 would make it world-connectable). Give nginx
+  access through the group of the socket's directory, not through "other".
+* ``APP_TIMEOUT`` (60), ``APP_GRACEFUL_TIMEOUT`` (30; the unit's ``TimeoutStopSec`` must be
+  longer), ``APP_KEEPALIVE`` (75; keep nginx's upstream ``keepalive_timeout`` below it),
+  ``APP_MAX_REQUESTS`` (10000) and ``APP_MAX_REQUESTS_JITTER`` (1000), ``APP_LOG_LEVEL``
+  (``info``; ``UVICORN_LOG_LEVEL`` is read when it is unset).
+
+Client addresses: nginx reaches the app over a Unix socket, whose peer has no IP, so the
+proxy headers are trusted from any peer (``forwarded_allow_ips = "*"``). That is safe only
+because the socket's mode lets nobody but nginx connect. uvicorn then takes the *first*
+``X-Forwarded-For`` entry, so nginx must overwrite the header (``$remote_addr``) rather
+than append to what the client sent (``$proxy_add_x_forwarded_for``).
+
+Logs: the access log goes to stdout and everything else to stderr, for journald.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+
+def _env(name: str, default: str, *fallbacks: str) -> str:
+    for key in (name, *fallbacks):
+        value = os.environ.get(key, "").strip()
+        if value:
+            return value
+    return default
+
+
+bind = [_env("APP_BIND", "unix:/run/webstack/app.sock")]
+workers = int(_env("APP_WORKERS", "2", "UVICORN_WORKERS", "WEB_CONCURRENCY"))
+worker_class = "uvicorn_worker.UvicornWorker"
+umask = int(_env("APP_SOCKET_UMASK", "0o117"), 0)
+
+timeout = int(_env("APP_TIMEOUT", "60"))
+graceful_timeout = int(_env("APP_GRACEFUL_TIMEOUT", "30"))
+keepalive = int(_env("APP_KEEPALIVE", "75"))
+# Recycle workers now and then (bounding any slow leak), not all at the same moment.
+max_requests = int(_env("APP_MAX_REQUESTS", "10000"))
+max_requests_jitter = int(_env("APP_MAX_REQUESTS_JITTER", "1000"))
+
+forwarded_allow_ips = "*"
+
+accesslog = "-"
+errorlog = "-"
+loglevel = _env("APP_LOG_LEVEL", "info", "UVICORN_LOG_LEVEL").lower()
+proc_name = "webstack-app"
+# Each worker imports the app itself: nothing (pools, exporter threads) crosses a fork.
+preload_app = False
+
+
+def on_starting(server: Any) -> None:
+    """Refuse to start, with one line naming every bad setting, before any worker forks."""
+    from app.core.settings import SettingsError, load_settings
+
+    try:
+        load_settings()
+    except SettingsError as exc:
+        print(f"app: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """The app's own log lines go where Gunicorn's error log goes (stderr)."""
+    app_logger = logging.getLogger("app")
+    app_logger.handlers = list(server.log.error_log.handlers)
+    app_logger.setLevel(server.log.error_log.level)
+    app_logger.propagate = False

@@ -1,0 +1,7 @@
+"""Items: full CRUD on a name and an optional description."""
+
+from app.core.domain import Domain
+from app.items.models import Item
+from app.items.router import router
+
+domain = Domain(name="items", router=router, tables=(Item.__table__,))

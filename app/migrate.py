@@ -1,0 +1,112 @@
+"""Bring the database schema to the newest migration: ``python -m app.migrate``.
+
+This is the production path: a deploy runs it once (one host, before the app restarts),
+and the app runs with ``APP_DB_CREATE_SCHEMA=false``. The start-up ``create_all`` stays
+the default only for compatibility with the seed's behaviour.
+
+A database whose tables were made by that ``create_all`` (no ``alembic_version`` table
+yet, every table of the first migration present) is adopted: it is stamped with the first
+revision, which creates exactly those tables, and then upgraded.
+
+Options: ``--sql`` prints the SQL of a full upgrade instead of running it; ``--check``
+exits 1 if the database is not at the newest revision. Reads only the ``APP_DB_*``
+settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import URL, inspect
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+from app.core.settings import SettingsError, load_database_settings
+
+logger = logging.getLogger("app.migrate")
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+FIRST_REVISION = "0001"
+FIRST_REVISION_TABLES = frozenset({"items", "notes"})
+
+
+def alembic_config(url: URL) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["url"] = url
+    return config
+
+
+def _inspect(connection: Connection) -> tuple[set[str], str | None]:
+    tables = set(inspect(connection).get_table_names())
+    return tables, MigrationContext.configure(connection).get_current_revision()
+
+
+async def schema_state(url: URL) -> tuple[set[str], str | None]:
+    """The tables present and the current Alembic revision (``None`` if never migrated)."""
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(_inspect)
+    finally:
+        await engine.dispose()
+
+
+def upgrade(url: URL) -> None:
+    config = alembic_config(url)
+    tables, revision = asyncio.run(schema_state(url))
+    if revision is None and "alembic_version" not in tables:
+        present = FIRST_REVISION_TABLES & tables
+        if present == FIRST_REVISION_TABLES:
+            logger.info("tables made by the app's create_all: stamping revision %s", FIRST_REVISION)
+            command.stamp(config, FIRST_REVISION)
+        elif present:
+            raise RuntimeError(
+                f"only some of the first migration's tables exist ({sorted(present)}); "
+                "refusing to guess: fix the schema by hand"
+            )
+    command.upgrade(config, "head")
+
+
+def is_current(url: URL) -> bool:
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    _, revision = asyncio.run(schema_state(url))
+    return revision == head
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m app.migrate", description=__doc__.split("\n")[0]
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--sql", action="store_true", help="print the SQL, change nothing")
+    mode.add_argument("--check", action="store_true", help="exit 1 unless at the newest revision")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        url = load_database_settings().database_url()
+    except SettingsError as exc:
+        print(f"app.migrate: {exc}", file=sys.stderr)
+        return 2
+    if args.sql:
+        command.upgrade(alembic_config(url), "head", sql=True)
+        return 0
+    if args.check:
+        current = is_current(url)
+        print("schema is current" if current else "schema needs `python -m app.migrate`")
+        return 0 if current else 1
+    upgrade(url)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,123 @@
+"""Fixtures: one real PostgreSQL and one real Valkey/Redis for the session, apps per test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from redis.asyncio import Redis
+from sqlalchemy import text
+
+from app.core.settings import Settings
+from app.main import ALL_DOMAINS, create_app
+from tests.servers import CacheServer, PostgresServer
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _telemetry_env() -> Iterator[None]:
+    """Trace everything (the instrumentation is under test) but export nowhere by default."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OTEL_TRACES_EXPORTER", "none")
+        patch.delenv("OTEL_SDK_DISABLED", raising=False)
+        patch.delenv("OTEL_SERVICE_NAME", raising=False)
+        yield
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PostgresServer]:
+    server = PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def cache_server() -> Iterator[CacheServer]:
+    server = CacheServer().start()
+    try:
+        yield server
+    finally:
+        server.stop(remove=True)
+
+
+def server_env(pg: PostgresServer, cache: CacheServer, database: str | None = None) -> dict[str, str]:
+    return {**pg.env(database), **cache.env()}
+
+
+def make_settings(
+    pg: PostgresServer, cache: CacheServer, database: str | None = None, **overrides: Any
+) -> Settings:
+    values: dict[str, Any] = {
+        name.removeprefix("APP_").lower(): value
+        for name, value in server_env(pg, cache, database).items()
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings(pg: PostgresServer, cache_server: CacheServer) -> Settings:
+    return make_settings(pg, cache_server)
+
+
+@dataclass
+class Api:
+    app: FastAPI
+    client: httpx.AsyncClient
+
+    async def sql(self, statement: str, **params: Any) -> list[Any]:
+        """Run SQL behind the app's back (to check or change the truth directly)."""
+        async with self.app.state.engine.begin() as conn:
+            result = await conn.execute(text(statement), params)
+            return list(result) if result.returns_rows else []
+
+    async def count(self, table: str) -> int:
+        rows = await self.sql(f"SELECT count(*) FROM {table}")  # noqa: S608  # test-only
+        return int(rows[0][0])
+
+
+@asynccontextmanager
+async def running_app(
+    settings: Settings, domains: Sequence[str] = ALL_DOMAINS
+) -> AsyncIterator[Api]:
+    """The app with its lifespan running, and an HTTP client talking to it in-process."""
+    app = create_app(settings, domains)
+    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield Api(app, client)
+
+
+@asynccontextmanager
+async def cache_client(cache: CacheServer, db: int = 0) -> AsyncIterator[Redis]:
+    """A plain client to look into the cache server."""
+    client = Redis(host=cache.host, port=cache.port, password=cache.password, db=db)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def raw_cache(cache_server: CacheServer) -> AsyncIterator[Redis]:
+    async with cache_client(cache_server) as client:
+        yield client
+
+
+@pytest.fixture
+async def api(settings: Settings, raw_cache: Redis) -> AsyncIterator[Api]:
+    """The full app on a clean database and an empty cache."""
+    async with running_app(settings) as running:
+        await running.sql("TRUNCATE items, notes RESTART IDENTITY")
+        await raw_cache.flushdb()
+        yield running
