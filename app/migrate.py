@@ -104,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         current = is_current(url)
         print("schema is current" if current else "schema needs `python -m app.migrate`")
         return 0 if current else 1
-    upgrade(url)
+    try:
+        upgrade(url)
+    except RuntimeError as exc:
+        print(f"app.migrate: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

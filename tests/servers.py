@@ -70,7 +70,7 @@ class PostgresServer:
         self._as_postgres: dict[str, Any] = {}
 
     def _run(self, *args: str) -> str:
-        result = subprocess.run(  # noqa: S603  # fixed binaries, our own arguments
+        result = subprocess.run(
             args,
             check=False,
             capture_output=True,
@@ -126,7 +126,7 @@ class PostgresServer:
         for _attempt in range(5):
             self.port = free_port()
             with log.open("ab") as out:
-                self.process = subprocess.Popen(  # noqa: S603
+                self.process = subprocess.Popen(
                     [
                         str(self.bindir / "postgres"),
                         "-D",
@@ -169,7 +169,7 @@ class PostgresServer:
     def _ready(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
             raise RuntimeError("PostgreSQL exited")
-        result = subprocess.run(  # noqa: S603
+        result = subprocess.run(
             [str(self.bindir / "pg_isready"), "-q", "-h", str(self.dir), "-p", str(self.port)],
             check=False,
         )
@@ -237,7 +237,7 @@ class CacheServer:
             )
             config.chmod(0o600)
             with log.open("ab") as out:
-                self.process = subprocess.Popen(  # noqa: S603
+                self.process = subprocess.Popen(
                     [self.binary, str(config)],
                     stdout=out,
                     stderr=subprocess.STDOUT,

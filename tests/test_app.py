@@ -24,9 +24,7 @@ async def test_docs_and_schema(api: Api) -> None:
     assert "redoc" in redoc.text.lower()
 
     schema = (await api.client.get("/openapi.json")).json()
-    operations = {
-        (path, method) for path, methods in schema["paths"].items() for method in methods
-    }
+    operations = {(path, method) for path, methods in schema["paths"].items() for method in methods}
     assert operations == {
         ("/health", "get"),
         ("/api/items", "get"),

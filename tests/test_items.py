@@ -111,7 +111,9 @@ async def test_patch_changes_only_given_fields(api: Api) -> None:
     assert (renamed["name"], renamed["description"]) == ("New", "keep me")
     cleared = (await api.client.patch("/api/items/1", json={"description": None})).json()
     assert (cleared["name"], cleared["description"]) == ("New", None)
-    assert parse(cleared["updated_at"]) > parse(renamed["updated_at"]) > parse(created["updated_at"])
+    assert (
+        parse(cleared["updated_at"]) > parse(renamed["updated_at"]) > parse(created["updated_at"])
+    )
 
 
 async def test_empty_patch_changes_nothing(api: Api) -> None:
@@ -190,7 +192,10 @@ async def test_largest_id_is_a_plain_404(api: Api) -> None:
         (b'{"name": "ok", "colour": "red"}', {"content-type": "application/json"}),
         (b'{"name": ""}', {"content-type": "application/json"}),
         (b'{"name": "a\\u0000b"}', {"content-type": "application/json"}),
-        (b'{"name": "ok", "description": "nul \\u0000 here"}', {"content-type": "application/json"}),
+        (
+            b'{"name": "ok", "description": "nul \\u0000 here"}',
+            {"content-type": "application/json"},
+        ),
         ('{"name": "' + "é" * 256 + '"}', {"content-type": "application/json"}),
     ],
 )

@@ -1,0 +1,221 @@
+"""With the cache dead, hung or refusing our password, the API answers from PostgreSQL, fast."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import statistics
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from app.core.cache import CircuitBreaker
+from tests.conftest import Api, cache_client, make_settings, running_app
+from tests.servers import CacheServer, PostgresServer
+
+BREAKER_LOG = "app.core.cache"
+
+
+@pytest.fixture
+def own_cache() -> Iterator[CacheServer]:
+    """A cache server this test may stop, freeze and restart without disturbing others."""
+    server = CacheServer().start()
+    try:
+        yield server
+    finally:
+        server.stop(remove=True)
+
+
+async def timed_get(api: Api, url: str) -> tuple[httpx.Response, float]:
+    started = time.perf_counter()
+    response = await api.client.get(url)
+    return response, time.perf_counter() - started
+
+
+async def read_latencies(api: Api, url: str, count: int) -> list[float]:
+    latencies = []
+    for _ in range(count):
+        response, elapsed = await timed_get(api, url)
+        assert response.status_code == 200
+        latencies.append(elapsed)
+    return latencies
+
+
+def breaker_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == BREAKER_LOG and record.levelno == logging.WARNING
+    ]
+
+
+async def test_cache_stopped_mid_test(
+    pg: PostgresServer, own_cache: CacheServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=BREAKER_LOG)
+    settings = make_settings(pg, own_cache, cache_cooldown=0.5)
+    async with running_app(settings) as api:
+        await api.sql("TRUNCATE items, notes RESTART IDENTITY")
+        await api.client.post("/api/items", json={"name": "survivor"})
+        assert (await api.client.get("/api/items/1")).status_code == 200
+        async with cache_client(own_cache) as raw:
+            assert await raw.exists("items:1") == 1
+
+        own_cache.stop()
+
+        # Reads and writes all go on, with the database's answers.
+        latencies = await read_latencies(api, "/api/items/1", 30)
+        patched = await api.client.patch("/api/items/1", json={"name": "patched while down"})
+        assert patched.status_code == 200
+        assert (await api.client.get("/api/items/1")).json()["name"] == "patched while down"
+        assert (await api.client.post("/api/items", json={"name": "new"})).status_code == 201
+        assert [i["name"] for i in (await api.client.get("/api/items")).json()] == [
+            "patched while down",
+            "new",
+        ]
+        assert (await api.client.post("/api/notes", json={"title": "t", "content": "c"})).is_success
+        assert (await api.client.delete("/api/items/2")).status_code == 204
+
+        # A dead cache costs milliseconds, not the seconds of redis-py's defaults.
+        assert max(latencies) < 0.5, latencies
+        assert statistics.median(latencies) < 0.05, latencies
+        # One warning, not one per request.
+        warnings = breaker_warnings(caplog)
+        assert len(warnings) == 1, warnings
+        assert "cache unavailable" in warnings[0]
+
+        # The cache comes back: after the cool-down one request probes it and it is used again.
+        own_cache.start()
+        await asyncio.sleep(0.6)
+        assert (await api.client.get("/api/items/1")).status_code == 200
+        assert (await api.client.get("/api/items/1")).json()["name"] == "patched while down"
+        async with cache_client(own_cache) as raw:
+            assert await raw.exists("items:1") == 1
+        assert any("reachable again" in record.getMessage() for record in caplog.records)
+
+
+async def test_dead_cache_adds_milliseconds(pg: PostgresServer, own_cache: CacheServer) -> None:
+    """Median read latency with the cache down vs with the cache switched off."""
+    async with running_app(make_settings(pg, own_cache, cache_enabled=False)) as api:
+        await api.sql("TRUNCATE items, notes RESTART IDENTITY")
+        await api.client.post("/api/items", json={"name": "timed"})
+        await read_latencies(api, "/api/items/1", 10)  # warm the pool
+        disabled = await read_latencies(api, "/api/items/1", 40)
+
+    own_cache.stop()
+    async with running_app(make_settings(pg, own_cache, cache_cooldown=0.05)) as api:
+        await read_latencies(api, "/api/items/1", 10)
+        dead = await read_latencies(api, "/api/items/1", 40)
+
+    added = statistics.median(dead) - statistics.median(disabled)
+    print(
+        f"median read: cache off {statistics.median(disabled) * 1000:.2f} ms, "
+        f"cache dead {statistics.median(dead) * 1000:.2f} ms, max {max(dead) * 1000:.2f} ms"
+    )
+    assert added < 0.01, (disabled, dead)
+    assert max(dead) < 0.5
+
+
+async def test_hung_cache_is_bypassed_after_a_few_timeouts(
+    pg: PostgresServer, own_cache: CacheServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A frozen server accepts connections and never answers: the timeouts bound the wait."""
+    caplog.set_level(logging.WARNING, logger=BREAKER_LOG)
+    settings = make_settings(pg, own_cache, cache_cooldown=60)
+    async with running_app(settings) as api:
+        await api.sql("TRUNCATE items, notes RESTART IDENTITY")
+        await api.client.post("/api/items", json={"name": "frozen"})
+        await api.client.get("/api/items/1")
+        own_cache.pause()
+        try:
+            latencies = await read_latencies(api, "/api/items/1", 20)
+        finally:
+            own_cache.resume()
+    # The first requests each wait for one socket timeout (50 ms); once the breaker has
+    # opened, none waits at all.
+    assert max(latencies) < 0.5, latencies
+    assert sum(latencies[-10:]) < 0.5, latencies
+    assert len(breaker_warnings(caplog)) == 1
+    assert "Timeout" in breaker_warnings(caplog)[0]
+
+
+async def test_wrong_password(
+    pg: PostgresServer, cache_server: CacheServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger=BREAKER_LOG)
+    settings = make_settings(pg, cache_server, cache_pass="not-the-password", cache_db=3)
+    async with running_app(settings) as api:
+        await api.sql("TRUNCATE items, notes RESTART IDENTITY")
+        assert (await api.client.post("/api/items", json={"name": "auth"})).status_code == 201
+        latencies = await read_latencies(api, "/api/items/1", 20)
+        assert (await api.client.get("/api/items")).json()[0]["name"] == "auth"
+    async with cache_client(cache_server, db=3) as raw:
+        assert await raw.dbsize() == 0
+    assert max(latencies) < 0.5
+    warnings = breaker_warnings(caplog)
+    assert len(warnings) == 1, warnings
+    assert "Authentication" in warnings[0] or "AUTH" in warnings[0].upper()
+    assert "not-the-password" not in caplog.text
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_opens_after_threshold_and_probes_after_cooldown() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=3, cooldown=5.0, clock=clock)
+    error = ConnectionError("refused")
+    for _ in range(2):
+        assert breaker.allow()
+        breaker.record_failure(error)
+    assert breaker.state == CircuitBreaker.CLOSED
+    assert breaker.allow()
+    breaker.record_failure(error)
+    assert breaker.state == CircuitBreaker.OPEN
+    assert not breaker.allow()
+
+    clock.now += 4.9
+    assert not breaker.allow()
+    clock.now += 0.2
+    assert breaker.allow()  # the probe
+    assert breaker.state == CircuitBreaker.HALF_OPEN
+    assert not breaker.allow()  # only one probe at a time
+    breaker.record_failure(error)  # a failed probe re-opens at once
+    assert breaker.state == CircuitBreaker.OPEN
+    assert not breaker.allow()
+
+    clock.now += 5.0
+    assert breaker.allow()
+    breaker.record_success()
+    assert breaker.state == CircuitBreaker.CLOSED
+    assert breaker.failures == 0
+    assert breaker.allow()
+
+
+def test_breaker_recovers_from_a_lost_probe() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=1, cooldown=2.0, clock=clock)
+    breaker.record_failure(TimeoutError())
+    clock.now += 2.0
+    assert breaker.allow()  # a probe whose request is then cancelled: it never reports
+    clock.now += 1.0
+    assert not breaker.allow()
+    clock.now += 1.0
+    assert breaker.allow()
+
+
+def test_successes_reset_the_failure_count() -> None:
+    breaker = CircuitBreaker(failure_threshold=3, cooldown=1.0, clock=FakeClock())
+    for _ in range(5):
+        breaker.record_failure(ConnectionError())
+        breaker.record_failure(ConnectionError())
+        breaker.record_success()
+    assert breaker.state == CircuitBreaker.CLOSED
+    assert breaker.opened_total == 0
