@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 
@@ -9,3 +12,17 @@ import pytest
 def in_container(host) -> bool:
     """True on a container sharing its kernel with the machine that runs it."""
     return host.run("systemd-detect-virt --container").rc == 0
+
+
+def _secrets_dir() -> Path:
+    return Path(os.environ.get("WEBSTACK_TESTBED_DIR", "/var/lib/webstack-testbed")) / "secrets"
+
+
+@pytest.fixture(scope="session")
+def secret():
+    """Read a sandbox secret the way the inventory does (generated on the controller)."""
+
+    def read(name: str) -> str:
+        return (_secrets_dir() / name).read_text().split()[0]
+
+    return read
