@@ -129,8 +129,6 @@ async def test_entries_expire_after_the_ttl(
 ) -> None:
     settings = make_settings(pg, cache_server, cache_ttl=1)
     async with running_app(settings) as api:
-        await api.sql("TRUNCATE items, notes RESTART IDENTITY")
-        await raw_cache.flushdb()
         await create_item(api, "original")
         await api.client.get("/api/items/1")
         await api.client.get("/api/items")
@@ -147,9 +145,8 @@ async def test_cache_disabled_reads_postgres_every_time(
     pg: PostgresServer, cache_server: CacheServer, raw_cache: Redis
 ) -> None:
     settings: Settings = make_settings(pg, cache_server, cache_enabled=False)
+    await raw_cache.flushdb()
     async with running_app(settings) as api:
-        await api.sql("TRUNCATE items, notes RESTART IDENTITY")
-        await raw_cache.flushdb()
         await create_item(api, "plain")
         assert (await api.client.get("/api/items/1")).status_code == 200
         await api.sql("UPDATE items SET name = 'fresh'")

@@ -57,7 +57,6 @@ async def test_cache_stopped_mid_test(
     caplog.set_level(logging.INFO, logger=BREAKER_LOG)
     settings = make_settings(pg, own_cache, cache_cooldown=0.5)
     async with running_app(settings) as api:
-        await api.sql("TRUNCATE items, notes RESTART IDENTITY")
         await api.client.post("/api/items", json={"name": "survivor"})
         assert (await api.client.get("/api/items/1")).status_code == 200
         async with cache_client(own_cache) as raw:
@@ -99,13 +98,13 @@ async def test_cache_stopped_mid_test(
 async def test_dead_cache_adds_milliseconds(pg: PostgresServer, own_cache: CacheServer) -> None:
     """Median read latency with the cache down vs with the cache switched off."""
     async with running_app(make_settings(pg, own_cache, cache_enabled=False)) as api:
-        await api.sql("TRUNCATE items, notes RESTART IDENTITY")
         await api.client.post("/api/items", json={"name": "timed"})
         await read_latencies(api, "/api/items/1", 10)  # warm the pool
         disabled = await read_latencies(api, "/api/items/1", 40)
 
     own_cache.stop()
-    async with running_app(make_settings(pg, own_cache, cache_cooldown=0.05)) as api:
+    settings = make_settings(pg, own_cache, cache_cooldown=0.05)
+    async with running_app(settings, reset=False) as api:
         await read_latencies(api, "/api/items/1", 10)
         dead = await read_latencies(api, "/api/items/1", 40)
 
@@ -125,7 +124,6 @@ async def test_hung_cache_is_bypassed_after_a_few_timeouts(
     caplog.set_level(logging.WARNING, logger=BREAKER_LOG)
     settings = make_settings(pg, own_cache, cache_cooldown=60)
     async with running_app(settings) as api:
-        await api.sql("TRUNCATE items, notes RESTART IDENTITY")
         await api.client.post("/api/items", json={"name": "frozen"})
         await api.client.get("/api/items/1")
         own_cache.pause()
@@ -147,7 +145,6 @@ async def test_wrong_password(
     caplog.set_level(logging.WARNING, logger=BREAKER_LOG)
     settings = make_settings(pg, cache_server, cache_pass="not-the-password", cache_db=3)
     async with running_app(settings) as api:
-        await api.sql("TRUNCATE items, notes RESTART IDENTITY")
         assert (await api.client.post("/api/items", json={"name": "auth"})).status_code == 201
         latencies = await read_latencies(api, "/api/items/1", 20)
         assert (await api.client.get("/api/items")).json()[0]["name"] == "auth"

@@ -143,7 +143,7 @@ async def test_migrate_adopts_a_schema_made_by_create_all(
 ) -> None:
     database = fresh_database(pg)
     async with running_app(make_settings(pg, cache_server, database)) as api:
-        await api.client.post("/api/items", json={"name": "kept"})
+        assert (await api.client.post("/api/items", json={"name": "kept"})).status_code == 201
     env = clean_env(**pg.env(database))
     result = run_module("app.migrate", env)
     assert result.returncode == 0, result.stderr
@@ -158,7 +158,8 @@ def test_migrate_refuses_a_partial_schema(pg: PostgresServer) -> None:
     pg.psql(f"SET ROLE {pg.user}; CREATE TABLE items (id serial PRIMARY KEY)", database)
     result = run_module("app.migrate", clean_env(**pg.env(database)))
     assert result.returncode == 1
-    assert result.stderr.startswith("app.migrate: only some of the first migration's tables")
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("app.migrate: only some of the first migration's tables")
     assert "Traceback" not in result.stderr
 
 

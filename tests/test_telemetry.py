@@ -29,7 +29,6 @@ async def test_request_spans_parent_the_db_and_cache_spans(settings: Settings) -
         provider = api.app.state.tracer_provider
         assert provider is not None
         provider.add_span_processor(SimpleSpanProcessor(exporter))
-        await api.sql("TRUNCATE items, notes RESTART IDENTITY")
         await api.client.post("/api/items", json={"name": "traced"})
         exporter.clear()
 
