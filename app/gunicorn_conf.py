@@ -14,6 +14,10 @@ Every value comes from the environment (names and defaults in ``app/README.md``)
   ``APP_MAX_REQUESTS`` (10000) and ``APP_MAX_REQUESTS_JITTER`` (1000), ``APP_LOG_LEVEL``
   (``info``; ``UVICORN_LOG_LEVEL`` is read when it is unset).
 
+Worker: ``app.worker.UvicornWorker``, uvicorn-worker's class with a shutdown that answers
+requests accepted just before a reload instead of closing their connections.
+``APP_CONTROL_SOCKET`` enables Gunicorn's control socket at that path (off by default).
+
 Client addresses: nginx reaches the app over a Unix socket, whose peer has no IP, so the
 proxy headers are trusted from any peer (``forwarded_allow_ips = "*"``). That is safe only
 because the socket's mode lets nobody but nginx connect. uvicorn then takes the *first*
@@ -41,7 +45,7 @@ def _env(name: str, default: str, *fallbacks: str) -> str:
 
 bind = [_env("APP_BIND", "unix:/run/webstack/app.sock")]
 workers = int(_env("APP_WORKERS", "2", "UVICORN_WORKERS", "WEB_CONCURRENCY"))
-worker_class = "uvicorn_worker.UvicornWorker"
+worker_class = "app.worker.UvicornWorker"
 umask = int(_env("APP_SOCKET_UMASK", "0o117"), 0)
 
 timeout = int(_env("APP_TIMEOUT", "60"))
@@ -52,6 +56,14 @@ max_requests = int(_env("APP_MAX_REQUESTS", "10000"))
 max_requests_jitter = int(_env("APP_MAX_REQUESTS_JITTER", "1000"))
 
 forwarded_allow_ips = "*"
+
+# Gunicorn's control socket (for `gunicornc`) would default to $HOME/.gunicorn/; the unit
+# needs only signals (HUP reloads, TERM stops), so it is off unless a path is given.
+_control_socket = _env("APP_CONTROL_SOCKET", "")
+if _control_socket:
+    control_socket = _control_socket
+else:
+    control_socket_disable = True
 
 accesslog = "-"
 errorlog = "-"
