@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -21,8 +20,6 @@ from app.core.database import Base
 from app.core.settings import Settings
 from app.main import ALL_DOMAINS, create_app
 from tests.servers import CacheServer, PostgresServer
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="session", autouse=True)

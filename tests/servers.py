@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -175,8 +176,9 @@ class PostgresServer:
         )
         return result.returncode == 0
 
-    def create_database(self, name: str) -> str:
-        """A new, empty database owned by the app user."""
+    def create_database(self, name: str | None = None) -> str:
+        """A new, empty database owned by the app user (a fresh name unless given)."""
+        name = name or f"t_{secrets.token_hex(6)}"
         self.psql(f'CREATE DATABASE "{name}" OWNER {self.user}')
         return name
 
@@ -298,6 +300,72 @@ class CacheServer:
             "APP_CACHE_PASS": self.password,
             "APP_CACHE_DB": str(db),
         }
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any ``APP_*`` variable, plus ``extra``."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("APP_")}
+    env.update(extra)
+    return env
+
+
+class GunicornServer:
+    """``gunicorn -c app/gunicorn_conf.py TARGET`` on a Unix socket in a temporary directory."""
+
+    def __init__(self, env: dict[str, str], target: str = "app.main:app", workers: int = 2) -> None:
+        # A short path: Unix socket paths are limited to about 100 bytes.
+        self.dir = Path(tempfile.mkdtemp(prefix="gunicorn-"))
+        self.socket = self.dir / "app.sock"
+        self.target = target
+        self.workers = workers
+        self.env = {**env, "APP_BIND": f"unix:{self.socket}", "APP_WORKERS": str(workers)}
+        self.stdout = self.dir / "stdout.log"
+        self.stderr = self.dir / "stderr.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "gunicorn", "-c", "app/gunicorn_conf.py", self.target]
+
+    def start(self) -> GunicornServer:
+        with self.stdout.open("wb") as out, self.stderr.open("wb") as err:
+            self.process = subprocess.Popen(
+                self.command(), cwd=REPO_ROOT, env=self.env, stdout=out, stderr=err
+            )
+        self.wait_for_workers(self.workers)
+        return self
+
+    def wait_for_workers(self, count: int, timeout: float = 60) -> None:
+        """Until ``count`` worker start-ups in all have been logged."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited:\n{self.stderr.read_text()}")
+            if self.stderr.read_text().count("Application startup complete") >= count:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"gunicorn workers did not start:\n{self.stderr.read_text()}")
+
+    def stop(self) -> int:
+        """Graceful stop (SIGTERM); returns Gunicorn's exit status."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def cleanup(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @contextlib.contextmanager

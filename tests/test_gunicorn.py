@@ -5,88 +5,30 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import signal
 import stat
 import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import REPO_ROOT, server_env
-from tests.servers import CacheServer, PostgresServer
-from tests.test_startup import clean_env, fresh_database
+from tests.conftest import server_env
+from tests.servers import REPO_ROOT, CacheServer, GunicornServer, PostgresServer, clean_env
 
 CLIENT_IP = "203.0.113.7"
 
 
-class Gunicorn:
-    """``gunicorn -c app/gunicorn_conf.py app.main:app`` in a temporary directory."""
-
-    def __init__(self, env: dict[str, str], workers: int = 2) -> None:
-        # A short path: Unix socket paths are limited to about 100 bytes.
-        self.dir = Path(tempfile.mkdtemp(prefix="gunicorn-"))
-        self.socket = self.dir / "app.sock"
-        self.workers = workers
-        self.env = {**env, "APP_BIND": f"unix:{self.socket}", "APP_WORKERS": str(workers)}
-        self.stdout = self.dir / "stdout.log"
-        self.stderr = self.dir / "stderr.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Gunicorn:
-        with self.stdout.open("wb") as out, self.stderr.open("wb") as err:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", "app/gunicorn_conf.py", "app.main:app"],
-                cwd=REPO_ROOT,
-                env=self.env,
-                stdout=out,
-                stderr=err,
-            )
-        self.wait_for_workers(self.workers)
-        return self
-
-    def wait_for_workers(self, count: int, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited:\n{self.stderr.read_text()}")
-            if self.stderr.read_text().count("Application startup complete") >= count:
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"gunicorn workers did not start:\n{self.stderr.read_text()}")
-
+class Gunicorn(GunicornServer):
     def client(self) -> httpx.AsyncClient:
         transport = httpx.AsyncHTTPTransport(uds=str(self.socket))
         return httpx.AsyncClient(transport=transport, base_url="http://app.internal")
-
-    def stop(self) -> int:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
-
-    def cleanup(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture
 def gunicorn(pg: PostgresServer, cache_server: CacheServer) -> Iterator[Gunicorn]:
     """Two workers starting at once on an empty database, tracing to stdout."""
-    env = clean_env(**server_env(pg, cache_server, fresh_database(pg)))
+    env = clean_env(**server_env(pg, cache_server, pg.create_database()))
     env.update(OTEL_TRACES_EXPORTER="console", OTEL_SERVICE_NAME="gunicorn-test")
     server = Gunicorn(env, workers=2)
     try:
@@ -159,7 +101,7 @@ def test_gunicorn_refuses_to_start_without_settings() -> None:
     try:
         with server.stdout.open("wb") as out, server.stderr.open("wb") as err:
             result = subprocess.run(
-                [sys.executable, "-m", "gunicorn", "-c", "app/gunicorn_conf.py", "app.main:app"],
+                server.command(),
                 cwd=REPO_ROOT,
                 env=server.env,
                 stdout=out,

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import uuid
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -14,19 +12,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from app.core.database import Base
-from tests.conftest import REPO_ROOT, make_settings, running_app, server_env
-from tests.servers import CacheServer, PostgresServer
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without any APP_* variable, plus ``extra``."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("APP_")}
-    env.update(extra)
-    return env
-
-
-def fresh_database(pg: PostgresServer) -> str:
-    return pg.create_database(f"t_{uuid.uuid4().hex[:12]}")
+from tests.conftest import make_settings, running_app, server_env
+from tests.servers import REPO_ROOT, CacheServer, PostgresServer, clean_env
 
 
 def run_module(module: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -44,7 +31,7 @@ def run_module(module: str, env: dict[str, str], *args: str) -> subprocess.Compl
 def test_processes_starting_at_once_on_an_empty_database(
     pg: PostgresServer, cache_server: CacheServer
 ) -> None:
-    database = fresh_database(pg)
+    database = pg.create_database()
     env = clean_env(**server_env(pg, cache_server, database))
     processes = [
         subprocess.Popen(
@@ -120,7 +107,7 @@ async def schema_differences(url: URL) -> list[object]:
 async def test_migrations_build_the_models_schema(
     pg: PostgresServer, cache_server: CacheServer
 ) -> None:
-    database = fresh_database(pg)
+    database = pg.create_database()
     env = clean_env(**pg.env(database))  # migrations need no cache settings
     assert run_module("app.migrate", env, "--check").returncode == 1
     result = run_module("app.migrate", env)
@@ -141,7 +128,7 @@ async def test_migrations_build_the_models_schema(
 async def test_migrate_adopts_a_schema_made_by_create_all(
     pg: PostgresServer, cache_server: CacheServer
 ) -> None:
-    database = fresh_database(pg)
+    database = pg.create_database()
     async with running_app(make_settings(pg, cache_server, database)) as api:
         assert (await api.client.post("/api/items", json={"name": "kept"})).status_code == 201
     env = clean_env(**pg.env(database))
@@ -153,7 +140,7 @@ async def test_migrate_adopts_a_schema_made_by_create_all(
 
 
 def test_migrate_refuses_a_partial_schema(pg: PostgresServer) -> None:
-    database = fresh_database(pg)
+    database = pg.create_database()
     pg.psql(f'ALTER DATABASE "{database}" OWNER TO {pg.user}')
     pg.psql(f"SET ROLE {pg.user}; CREATE TABLE items (id serial PRIMARY KEY)", database)
     result = run_module("app.migrate", clean_env(**pg.env(database)))
