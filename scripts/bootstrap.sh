@@ -10,7 +10,7 @@ export WEBSTACK_CACHE_DIR="${WEBSTACK_CACHE_DIR:-/var/cache/webstack}"
 # Controller packages: the nspawn test bed, and the servers the app's tests start themselves.
 APT_PACKAGES=(
   systemd-container debootstrap iproute2 iptables openssh-client rsync
-  python3-venv
+  python3-venv util-linux
   postgresql redis-server
 )
 
@@ -55,6 +55,16 @@ install_go_path() {
   fi
 }
 
+build_otelcol() {
+  # No collector release can be downloaded here: build a real one from the official
+  # component modules (cached after the first build) and hand its archive to the role.
+  say "otelcol-contrib archive (tools/otelcol/build.sh; built once, then cached)"
+  local out
+  out="$("$REPO_DIR/tools/otelcol/build.sh")"
+  eval "$out"
+  export OTELCOL_VERSION OTELCOL_ARCHIVE OTELCOL_ARCHIVE_URL OTELCOL_ARCHIVE_SHA256
+}
+
 sync_python_deps() {
   say "uv sync (app, dev and deploy tooling from uv.lock)"
   (cd "$REPO_DIR" && uv sync --locked --quiet)
@@ -67,5 +77,6 @@ bootstrap() {
   install_uv
   install_go_path
   sync_python_deps
+  build_otelcol
   cd "$REPO_DIR"
 }

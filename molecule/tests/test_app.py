@@ -1,0 +1,142 @@
+"""The app: Gunicorn under systemd on a socket only nginx's group may use, traced, migrated."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+import uuid
+
+SOCKET = "/run/webstack/app.sock"
+UNITS = ("webstack-app.socket", "webstack-app.service")
+
+
+def over_socket(host, path: str, user: str = "www-data", method: str = "GET", body=None):
+    data = f"-H 'content-type: application/json' -d {shlex.quote(json.dumps(body))}" if body else ""
+    cmd = (
+        f"curl -sS --max-time 10 --unix-socket {SOCKET} -X {method} {data} "
+        f"-w '\\n%{{http_code}}' http://localhost{path}"
+    )
+    with host.sudo(user):
+        result = host.run(cmd)
+    *lines, status = result.stdout.rstrip("\n").split("\n")
+    return result.rc, int(status or 0), "\n".join(lines)
+
+
+def test_units_enabled_and_active(host):
+    for unit in UNITS:
+        service = host.service(unit)
+        assert service.is_enabled, unit
+        assert service.is_running, unit
+
+
+def test_health_through_the_socket(host):
+    rc, status, body = over_socket(host, "/health")
+    assert (rc, status) == (0, 200)
+    assert json.loads(body) == {"status": "ok"}
+
+
+def test_socket_refuses_unrelated_users(host):
+    sock = host.file(SOCKET)
+    assert (sock.user, sock.group, sock.mode) == ("webstack", "www-data", 0o660)
+    rc, status, _ = over_socket(host, "/health", user="nobody")
+    assert rc != 0 and status == 0, "an unrelated user reached the app"
+
+
+def test_create_and_read_an_item(host):
+    name = f"verify-{uuid.uuid4().hex[:8]}"
+    rc, status, body = over_socket(host, "/api/items", method="POST", body={"name": name})
+    assert (rc, status) == (0, 201), body
+    item = json.loads(body)
+    rc, status, body = over_socket(host, f"/api/items/{item['id']}")
+    assert status == 200
+    assert json.loads(body)["name"] == name
+
+
+def test_settings_file_is_private(host, secret):
+    with host.sudo():
+        env = host.file("/etc/webstack/app.env")
+        assert (env.user, env.group, env.mode) == ("root", "webstack", 0o640)
+        assert f"APP_DB_PASS='{secret('postgresql_app_password')}'" in env.content_string
+    with host.sudo():
+        processes = host.check_output("ps -eo args")
+    assert secret("postgresql_app_password") not in processes
+    assert secret("valkey_password") not in processes
+
+
+def test_code_is_not_writable_by_the_app(host):
+    with host.sudo("webstack"):
+        assert host.run("test -w /opt/webstack/app/main.py").rc != 0
+        assert host.run("test -w /opt/webstack/venv/bin/gunicorn").rc != 0
+
+
+def test_migrations_ran_once_and_workers_do_not_create_schema(host, secret):
+    with host.sudo():
+        env = host.file("/etc/webstack/app.env").content_string
+    assert "APP_DB_CREATE_SCHEMA=false" in env
+    query = shlex.quote("SELECT version_num FROM alembic_version")
+    password = shlex.quote(secret("postgresql_app_password"))
+    version = host.check_output(
+        f"PGPASSWORD={password} psql -h 127.0.0.1 -U appuser -d appdb -XAtc {query}"
+    )
+    assert version.strip() != ""
+
+
+def test_workers_match_the_setting(host):
+    pid = host.check_output("systemctl show webstack-app.service --property MainPID --value")
+    children = host.check_output(f"pgrep -P {pid} -c")
+    assert int(children) == 2
+
+
+def test_survives_restart(host):
+    with host.sudo():
+        host.check_output("systemctl restart webstack-app.service")
+    _, status, _ = over_socket(host, "/health")
+    assert status == 200
+
+
+def parse_debug_spans(journal: str) -> list[dict[str, str]]:
+    """Spans as the collector's debug exporter prints them (detailed verbosity)."""
+    spans: list[dict[str, str]] = []
+    for line in journal.splitlines():
+        text = line.strip()
+        if text.startswith("Span #"):
+            spans.append({})
+        elif spans and " : " in text:
+            key, _, value = text.partition(" : ")
+            spans[-1].setdefault(key.strip(), value.strip())
+        elif spans and text.startswith("-> db.system:"):
+            spans[-1]["db.system"] = text.split("Str(")[1].rstrip(")")
+    return spans
+
+
+def test_request_spans_reach_the_collector(host):
+    # A cache miss on GET /api/notes/{id} reads PostgreSQL and fills Valkey: one HTTP server
+    # span with SQL and cache spans as its children, in the same trace.
+    _, status, body = over_socket(
+        host, "/api/notes", method="POST", body={"title": "trace", "content": "me"}
+    )
+    assert status == 201
+    route = "GET /api/notes/{note_id}"
+    _, status, _ = over_socket(host, f"/api/notes/{json.loads(body)['id']}")
+    assert status == 200
+    deadline = time.monotonic() + 20
+    children: dict[str, set[str]] = {}
+    while time.monotonic() < deadline and children.keys() != {"postgresql", "redis"}:
+        time.sleep(1)
+        with host.sudo():
+            journal = host.run(
+                "journalctl -u otelcol-contrib.service --no-pager --since=-1min -o cat"
+            ).stdout
+        spans = parse_debug_spans(journal)
+        servers = [s for s in spans if s.get("Name") == route and s.get("Kind") == "Server"]
+        if not servers:
+            continue
+        server = servers[-1]
+        children = {}
+        for span in spans:
+            if span.get("Trace ID") == server["Trace ID"] and "db.system" in span:
+                children.setdefault(span["db.system"], set()).add(span["Parent ID"])
+    assert set(children) == {"postgresql", "redis"}, f"db/cache spans of {route}: {children}"
+    assert children["postgresql"] == {server["ID"]}
+    assert children["redis"] == {server["ID"]}
