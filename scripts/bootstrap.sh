@@ -53,6 +53,10 @@ install_go_path() {
   if ! command -v go >/dev/null && [ -x /usr/local/go/bin/go ]; then
     export PATH="/usr/local/go/bin:$PATH"
   fi
+  command -v go >/dev/null || die "Go 1.25 or newer is needed to build the collector (tools/otelcol/build.sh): install it, or put it on PATH"
+  local minor
+  minor="$(go env GOVERSION | sed -E 's/^go1\.([0-9]+).*/\1/')"
+  [ "${minor:-0}" -ge 25 ] || die "Go $(go env GOVERSION) is too old to build the collector: 1.25 or newer is needed"
 }
 
 build_otelcol() {
