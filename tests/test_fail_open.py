@@ -34,12 +34,13 @@ async def timed_get(api: Api, url: str) -> tuple[httpx.Response, float]:
     return response, time.perf_counter() - started
 
 
-async def read_latencies(api: Api, url: str, count: int) -> list[float]:
+async def read_latencies(api: Api, url: str, count: int, pause: float = 0.0) -> list[float]:
     latencies = []
     for _ in range(count):
         response, elapsed = await timed_get(api, url)
         assert response.status_code == 200
         latencies.append(elapsed)
+        await asyncio.sleep(pause)
     return latencies
 
 
@@ -64,8 +65,9 @@ async def test_cache_stopped_mid_test(
 
         own_cache.stop()
 
-        # Reads and writes all go on, with the database's answers.
-        latencies = await read_latencies(api, "/api/items/1", 30)
+        # Reads and writes all go on, with the database's answers. The reads are spread
+        # over more than the breaker's failure span (0.2 s), so it opens.
+        latencies = await read_latencies(api, "/api/items/1", 30, pause=0.015)
         patched = await api.client.patch("/api/items/1", json={"name": "patched while down"})
         assert patched.status_code == 200
         assert (await api.client.get("/api/items/1")).json()["name"] == "patched while down"
@@ -146,7 +148,7 @@ async def test_wrong_password(
     settings = make_settings(pg, cache_server, cache_pass="not-the-password", cache_db=3)
     async with running_app(settings) as api:
         assert (await api.client.post("/api/items", json={"name": "auth"})).status_code == 201
-        latencies = await read_latencies(api, "/api/items/1", 20)
+        latencies = await read_latencies(api, "/api/items/1", 20, pause=0.015)
         assert (await api.client.get("/api/items")).json()[0]["name"] == "auth"
     async with cache_client(cache_server, db=3) as raw:
         assert await raw.dbsize() == 0
@@ -206,6 +208,23 @@ def test_breaker_recovers_from_a_lost_probe() -> None:
     assert not breaker.allow()
     clock.now += 1.0
     assert breaker.allow()
+
+
+def test_a_burst_of_failures_at_one_instant_does_not_open() -> None:
+    """An event-loop stall times out every in-flight call at once: not a dead cache."""
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=3, cooldown=5.0, min_failure_span=0.2, clock=clock)
+    for _ in range(30):
+        breaker.record_failure(TimeoutError())
+    assert breaker.state == CircuitBreaker.CLOSED
+    breaker.record_success()
+    # The same failures spread over the span do open it.
+    for _ in range(3):
+        breaker.record_failure(TimeoutError())
+        clock.now += 0.1
+    assert breaker.state == CircuitBreaker.CLOSED
+    breaker.record_failure(TimeoutError())
+    assert breaker.state == CircuitBreaker.OPEN
 
 
 def test_successes_reset_the_failure_count() -> None:

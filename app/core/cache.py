@@ -19,10 +19,10 @@ or a version counter evicted by ``maxmemory`` can serve an old value until its T
 
 Fail-open: every cache operation has short connect and socket timeouts and no retries.
 Errors are counted by a per-worker circuit breaker; after ``failure_threshold``
-consecutive errors the cache is skipped for ``cooldown`` seconds, then one request probes
-it. Requests meanwhile go straight to PostgreSQL. The breaker logs a warning when it
-opens (and at most once a minute while the cache stays down), and an info line on
-recovery, never a line per request.
+consecutive errors spread over at least ``failure_span`` seconds the cache is skipped for
+``cooldown`` seconds, then one request probes it. Requests meanwhile go straight to
+PostgreSQL. The breaker logs a warning when it opens (and at most once a minute while the
+cache stays down), and an info line on recovery, never a line per request.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ WARNING_INTERVAL = 60.0
 
 
 class CircuitBreaker:
-    """Closed -> open after N consecutive failures; one probe after the cool-down."""
+    """Closed -> open after N consecutive failures over a minimum span; then one probe
+    after each cool-down, which closes it again on success."""
 
     CLOSED = "closed"
     OPEN = "open"
@@ -56,14 +57,17 @@ class CircuitBreaker:
         self,
         failure_threshold: int,
         cooldown: float,
+        min_failure_span: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.failure_threshold = failure_threshold
         self.cooldown = cooldown
+        self.min_failure_span = min_failure_span
         self._clock = clock
         self.state = self.CLOSED
         self.failures = 0
         self.opened_total = 0
+        self._streak_started = 0.0
         self._opened_at = 0.0
         self._probe_started = 0.0
         self._last_warning = float("-inf")
@@ -93,11 +97,19 @@ class CircuitBreaker:
         self.failures = 0
 
     def record_failure(self, exc: BaseException) -> None:
+        now = self._clock()
+        if self.failures == 0:
+            self._streak_started = now
         self.failures += 1
-        if self.state == self.CLOSED and self.failures < self.failure_threshold:
+        if self.state == self.CLOSED and (
+            self.failures < self.failure_threshold
+            # A burst of failures at one instant is more likely this worker's event loop
+            # stalling past the timeouts than the cache going away: wait for a streak
+            # that lasts, so a busy worker does not push its reads onto PostgreSQL.
+            or now - self._streak_started < self.min_failure_span
+        ):
             return
         was_closed = self.state == self.CLOSED
-        now = self._clock()
         self.state = self.OPEN
         self._opened_at = now
         self.opened_total += 1
@@ -135,7 +147,11 @@ class Cache:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Cache:
-        breaker = CircuitBreaker(settings.cache_failure_threshold, settings.cache_cooldown)
+        breaker = CircuitBreaker(
+            settings.cache_failure_threshold,
+            settings.cache_cooldown,
+            settings.cache_failure_span,
+        )
         if not settings.cache_enabled:
             return cls(None, settings.cache_ttl, breaker)
         pool = ConnectionPool(

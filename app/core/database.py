@@ -1,4 +1,4 @@
-"""Async SQLAlchemy on asyncpg: the declarative base, the engine and the session dependency.
+"""Async SQLAlchemy on asyncpg: the declarative base, the engine, its sessions and the schema.
 
 The engine (and so its pool) is created inside the application's lifespan, that is once
 per Gunicorn worker after the fork: a pool inherited across a fork would share sockets
@@ -7,10 +7,8 @@ between processes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from typing import Annotated
+from collections.abc import Sequence
 
-from fastapi import Depends, Request
 from sqlalchemy import MetaData, Table, text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -60,7 +58,10 @@ def create_engine(settings: Settings) -> AsyncEngine:
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    # expire_on_commit=False: handlers serialise objects after the commit.
+    """Sessions for the domains' services: one short session per operation.
+
+    expire_on_commit=False: objects are serialised after their session has committed.
+    """
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
@@ -73,13 +74,3 @@ async def create_schema(engine: AsyncEngine, tables: Sequence[Table]) -> None:
     async with engine.begin() as conn:
         await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
         await conn.run_sync(Base.metadata.create_all, tables=list(tables), checkfirst=True)
-
-
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """One session per request; no connection is checked out until the first query."""
-    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
-    async with sessionmaker() as session:
-        yield session
-
-
-SessionDep = Annotated[AsyncSession, Depends(get_session)]

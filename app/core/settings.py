@@ -79,8 +79,10 @@ class Settings(DatabaseSettings):
     cache_connect_timeout: PositiveSeconds = 0.05
     cache_socket_timeout: PositiveSeconds = 0.05
     cache_max_connections: Annotated[int, Field(ge=1)] = 64
-    # After this many consecutive cache errors the cache is bypassed for the cool-down.
+    # After this many consecutive cache errors, spread over at least the span, the cache is
+    # bypassed for the cool-down; then one request tries it again.
     cache_failure_threshold: Annotated[int, Field(ge=1)] = 3
+    cache_failure_span: Annotated[float, Field(ge=0)] = 0.2
     cache_cooldown: PositiveSeconds = 5.0
 
 
