@@ -13,7 +13,7 @@ import pytest
 
 from app.core.cache import CircuitBreaker
 from tests.conftest import Api, cache_client, make_settings, running_app
-from tests.servers import CacheServer, PostgresServer
+from tests.servers import CacheServer, PostgresServer, free_port
 
 BREAKER_LOG = "app.core.cache"
 
@@ -235,3 +235,25 @@ def test_successes_reset_the_failure_count() -> None:
         breaker.record_success()
     assert breaker.state == CircuitBreaker.CLOSED
     assert breaker.opened_total == 0
+
+
+async def test_database_down_is_503_and_cached_reads_still_answer(
+    pg: PostgresServer, cache_server: CacheServer
+) -> None:
+    async with running_app(make_settings(pg, cache_server)) as api:
+        assert (await api.client.post("/api/items", json={"name": "cached"})).status_code == 201
+        assert (await api.client.get("/api/items/1")).status_code == 200
+    unreachable = make_settings(
+        pg, cache_server, db_port=free_port(), db_create_schema=False, db_connect_timeout=1
+    )
+    async with running_app(unreachable, reset=False) as api:
+        hit = await api.client.get("/api/items/1")
+        assert hit.status_code == 200
+        assert hit.json()["name"] == "cached"
+        for response in (
+            await api.client.get("/api/items/2"),
+            await api.client.post("/api/items", json={"name": "lost"}),
+        ):
+            assert response.status_code == 503
+            assert response.json() == {"detail": "database unavailable"}
+            assert response.headers["retry-after"] == "1"

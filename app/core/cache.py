@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -199,7 +199,7 @@ class Cache:
 
     async def get(self, key: str) -> bytes | None:
         _, value = await self._run(lambda client: client.get(key))
-        return value
+        return cast(bytes | None, value)  # decode_responses is off: GET answers bytes
 
     async def set(self, key: str, value: bytes) -> None:
         await self._run(lambda client: client.set(key, value, ex=self.ttl))

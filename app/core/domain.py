@@ -23,5 +23,5 @@ class JSONBytes(JSONResponse):
     A JSONResponse subclass so that the OpenAPI schema shows the route's response model.
     """
 
-    def render(self, content: bytes) -> bytes:  # type: ignore[override]
+    def render(self, content: bytes) -> bytes:
         return content

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, status
 
 from app.core.domain import JSONBytes
@@ -9,7 +11,7 @@ from app.core.schemas import DEFAULT_LIMIT, IdPath, LimitQuery, SkipQuery
 from app.items.schemas import ItemCreate, ItemRead, ItemUpdate
 from app.items.service import ItemServiceDep
 
-NOT_FOUND = {404: {"description": "No item with this id"}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No item with this id"}}
 
 router = APIRouter(prefix="/api/items", tags=["items"])
 

@@ -12,7 +12,7 @@ import asyncio
 from logging.config import fileConfig
 
 from alembic import context
-from sqlalchemy import text
+from sqlalchemy import URL, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
@@ -28,8 +28,8 @@ if context.config.config_file_name is not None:
     fileConfig(context.config.config_file_name)  # the developer's alembic.ini
 
 
-def _url() -> object:
-    url = context.config.attributes.get("url")
+def _url() -> URL:
+    url: URL | None = context.config.attributes.get("url")
     return url if url is not None else load_database_settings().database_url()
 
 
@@ -53,7 +53,7 @@ def _run(connection: Connection) -> None:
 
 
 async def run_migrations_online() -> None:
-    engine = create_async_engine(_url(), poolclass=NullPool)  # type: ignore[arg-type]
+    engine = create_async_engine(_url(), poolclass=NullPool)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)

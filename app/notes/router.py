@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, status
 
 from app.core.domain import JSONBytes
@@ -9,7 +11,7 @@ from app.core.schemas import DEFAULT_LIMIT, IdPath, LimitQuery, SkipQuery
 from app.notes.schemas import NoteCreate, NoteRead
 from app.notes.service import NoteServiceDep
 
-NOT_FOUND = {404: {"description": "No note with this id"}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No note with this id"}}
 
 router = APIRouter(prefix="/api/notes", tags=["notes"])
 
