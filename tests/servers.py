@@ -269,6 +269,13 @@ class CacheServer:
         except OSError:
             return False
 
+    def flush(self, db: int = 0) -> None:
+        """Empty one database of the cache server."""
+        import redis
+
+        with redis.Redis(host=self.host, port=self.port, password=self.password, db=db) as client:
+            client.flushdb()
+
     def pause(self) -> None:
         """Freeze the server: connections are accepted by the kernel, never answered."""
         assert self.process is not None

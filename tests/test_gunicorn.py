@@ -14,7 +14,6 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import server_env
 from tests.servers import REPO_ROOT, CacheServer, GunicornServer, PostgresServer, clean_env
 
 CLIENT_IP = "203.0.113.7"
@@ -29,7 +28,9 @@ class Gunicorn(GunicornServer):
 @pytest.fixture
 def gunicorn(pg: PostgresServer, cache_server: CacheServer) -> Iterator[Gunicorn]:
     """Two workers starting at once on an empty database, tracing to stdout."""
-    env = clean_env(**server_env(pg, cache_server, pg.create_database()))
+    # A database of its own, and a cache database emptied of what other tests left there.
+    env = clean_env(**pg.env(pg.create_database()), **cache_server.env(db=1))
+    cache_server.flush(db=1)
     env.update(OTEL_TRACES_EXPORTER="console", OTEL_SERVICE_NAME="gunicorn-test")
     server = Gunicorn(env, workers=2)
     try:

@@ -32,7 +32,9 @@ def test_processes_starting_at_once_on_an_empty_database(
     pg: PostgresServer, cache_server: CacheServer
 ) -> None:
     database = pg.create_database()
-    env = clean_env(**server_env(pg, cache_server, database))
+    # A cache database of its own: list pages other tests cached must not answer here.
+    env = clean_env(**pg.env(database), **cache_server.env(db=2))
+    cache_server.flush(db=2)
     processes = [
         subprocess.Popen(
             [sys.executable, "-m", "tests.start_app_once"],
