@@ -50,6 +50,8 @@ async def test_request_spans_parent_the_db_and_cache_spans(settings: Settings) -
     assert "SELECT" in by_system.get("postgresql", []), by_system
     assert {"GET", "SET"} <= set(by_system.get("redis", [])), by_system
     assert all(span.context.trace_id == server.context.trace_id for span in spans)
+    # No ASGI "http send"/"http receive" sub-spans: one span per request and per call.
+    assert all(span is server or db_system(span) for span in spans), [s.name for s in spans]
 
 
 async def test_write_spans_include_the_invalidation(settings: Settings) -> None:

@@ -64,7 +64,14 @@ def instrument_app(app: FastAPI) -> TracerProvider | None:
     extra = os.environ.get("OTEL_PYTHON_FASTAPI_EXCLUDED_URLS", "").strip()
     if extra:
         excluded = f"{excluded},{extra}"
-    FastAPIInstrumentor.instrument_app(app, tracer_provider=provider, excluded_urls=excluded)
+    FastAPIInstrumentor.instrument_app(
+        app,
+        tracer_provider=provider,
+        excluded_urls=excluded,
+        # One span per request, not three: the ASGI send/receive spans say nothing the
+        # server span does not, and cost as much to make and export.
+        exclude_spans=["receive", "send"],
+    )
     return provider
 
 
