@@ -25,6 +25,12 @@ because the socket's mode lets nobody but nginx connect. uvicorn then takes the 
 than append to what the client sent (``$proxy_add_x_forwarded_for``).
 
 Logs: the access log goes to stdout and everything else to stderr, for journald.
+
+Metrics: the workers share their Prometheus counters through files in
+``PROMETHEUS_MULTIPROC_DIR`` (see ``app/core/metrics.py``). The master empties that
+directory when it starts (not on a reload: the counters go on across it), creating it if
+need be; unset, it makes a private temporary one and removes it on exit. A worker that
+exits has its live gauges dropped. Two services must never share the directory.
 """
 
 from __future__ import annotations
@@ -32,8 +38,13 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
+
+METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def _env(name: str, default: str, *fallbacks: str) -> str:
@@ -77,12 +88,17 @@ preload_app = False
 
 
 PRELOADED_LIBRARIES = (
+    "anyio",
     "asyncpg",
     "fastapi",
+    "httpx",
+    "jwt",
     "opentelemetry.instrumentation.fastapi",
     "opentelemetry.instrumentation.redis",
     "opentelemetry.instrumentation.sqlalchemy",
     "opentelemetry.sdk.trace",
+    "prometheus_client",  # after PROMETHEUS_MULTIPROC_DIR is set: it is read at import
+    "pwdlib",
     "pydantic_settings",
     "redis.asyncio",
     "sqlalchemy.dialects.postgresql.asyncpg",
@@ -101,7 +117,36 @@ def on_starting(server: Any) -> None:
         sys.exit(2)
     finally:
         _forget_app_modules()
+    _prepare_metrics_directory(server)
     _preload_libraries()
+
+
+def _prepare_metrics_directory(server: Any) -> None:
+    """Give the workers an empty directory for their metric files, before any fork."""
+    path = os.environ.get(METRICS_DIR_VARIABLE, "").strip()
+    if not path:
+        path = tempfile.mkdtemp(prefix="webstack-metrics-")
+        os.environ[METRICS_DIR_VARIABLE] = path
+        server.webstack_metrics_tmpdir = path
+    directory = Path(path)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Files of a previous run would be summed with this one's (and hold dead workers'
+    # gauges); the directory itself may belong to systemd (RuntimeDirectory=) and stays.
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker is gone: its in-progress gauge must not be summed any more."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    tmpdir = getattr(server, "webstack_metrics_tmpdir", None)
+    if tmpdir:
+        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def on_reload(server: Any) -> None:

@@ -1,8 +1,11 @@
 """The application factory, and ``app``, the ASGI application Gunicorn serves.
 
-``create_app()`` serves every domain; ``create_app(domains=["items"])`` serves a subset,
-so one codebase can run as one app or as several (Gunicorn accepts the call form:
-``gunicorn 'app.main:create_app(domains=["items"])'``).
+``create_app()`` serves the domains named by ``APP_DOMAINS`` (by default items and notes,
+the seed-000 app); ``create_app(domains=["users"])`` serves the ones given, so one codebase
+runs as one app or as several services (Gunicorn accepts the call form too:
+``gunicorn 'app.main:create_app(domains=["items"])'``). With ``APP_ROOT_PATH`` equal to a
+domain's prefix (``/users``), that domain is served as a service behind the gateway: its
+routes relative to the prefix, its docs loading ``{prefix}/openapi.json``.
 
 Nothing here connects to anything at import time: the settings are read, the engine and
 the cache client are created, and the exporters start in the lifespan, that is inside
@@ -13,21 +16,30 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from importlib import import_module
 
 from fastapi import FastAPI
 
-from app.core import telemetry
+from app.core import metrics, telemetry
 from app.core.cache import Cache
 from app.core.database import create_engine, create_schema, create_sessionmaker
 from app.core.domain import Domain
 from app.core.errors import install_error_handlers
-from app.core.settings import Settings, load_settings
+from app.core.gateway import RootPathMiddleware
+from app.core.settings import (
+    DEFAULT_DOMAINS,
+    DOMAIN_NAMES,
+    Settings,
+    check_required,
+    load_serving_settings,
+    load_settings,
+)
 
 logger = logging.getLogger("app")
 
-ALL_DOMAINS: tuple[str, ...] = ("items", "notes")
+# Every domain of the codebase; `app` serves DEFAULT_DOMAINS unless APP_DOMAINS says more.
+ALL_DOMAINS: tuple[str, ...] = DOMAIN_NAMES
 VERSION = "1.0.0"
 
 
@@ -38,14 +50,25 @@ def load_domains(names: Sequence[str]) -> list[Domain]:
     return [import_module(f"app.{name}").domain for name in names]
 
 
-def create_app(settings: Settings | None = None, domains: Sequence[str] = ALL_DOMAINS) -> FastAPI:
-    """Build the app; ``settings`` default to the environment, read at start-up."""
-    selected = load_domains(domains)
+def create_app(settings: Settings | None = None, domains: Sequence[str] | None = None) -> FastAPI:
+    """Build the app; ``settings`` default to the environment, read at start-up.
+
+    What shapes the app (domains, root path, metrics) is read now, from ``settings`` or
+    from the environment; everything else when each worker starts.
+    """
+    serving = settings if settings is not None else load_serving_settings()
+    names = tuple(domains) if domains is not None else serving.domains
+    selected = load_domains(names)
     tables = [table for domain in selected for table in domain.tables]
+    root_path = serving.root_path
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        config = settings if settings is not None else load_settings()
+        if settings is None:
+            config = load_settings(names)
+        else:
+            config = settings
+            check_required(config, names)
         engine = create_engine(config)
         cache = Cache.from_settings(config)
         provider = app.state.tracer_provider
@@ -61,25 +84,33 @@ def create_app(settings: Settings | None = None, domains: Sequence[str] = ALL_DO
             if cache.enabled:
                 reachable = await cache.ping()
                 cache_state = f"ttl={config.cache_ttl}s" + ("" if reachable else " (unreachable)")
-            logger.info(
-                "started: domains=%s db=%s:%s/%s cache=%s tracing=%s",
-                ",".join(domain.name for domain in selected),
-                config.db_host,
-                config.db_port,
-                config.db_name,
-                cache_state,
-                "on" if provider is not None else "off",
-            )
-            yield
+            async with AsyncExitStack() as domain_resources:
+                for domain in selected:
+                    if domain.lifespan is not None:
+                        await domain_resources.enter_async_context(domain.lifespan(app, config))
+                logger.info(
+                    "started: domains=%s%s db=%s:%s/%s cache=%s tracing=%s",
+                    ",".join(domain.name for domain in selected),
+                    f" root_path={root_path}" if root_path else "",
+                    config.db_host,
+                    config.db_port,
+                    config.db_name,
+                    cache_state,
+                    "on" if provider is not None else "off",
+                )
+                yield
         finally:
             await cache.close()
             await engine.dispose()
             telemetry.stop(provider)
 
+    default = names == DEFAULT_DOMAINS
     app = FastAPI(
-        title="webstack",
+        title="webstack" if default else f"webstack: {', '.join(names)}",
         version=VERSION,
-        description="Items and notes on PostgreSQL, cached in Valkey.",
+        description="Items and notes on PostgreSQL, cached in Valkey."
+        if default
+        else f"The {', '.join(names)} domain{'s' if len(names) > 1 else ''} of the webstack.",
         lifespan=lifespan,
     )
     install_error_handlers(app)
@@ -89,8 +120,17 @@ def create_app(settings: Settings | None = None, domains: Sequence[str] = ALL_DO
         """Liveness: the worker answers. Not traced."""
         return {"status": "ok"}
 
+    if serving.metrics_enabled:
+        # Before the domains' routes: a service's /{user_id} would otherwise take /metrics.
+        metrics.install(app)
     for domain in selected:
-        app.include_router(domain.router)
+        alone = bool(root_path) and domain.prefix == root_path
+        if alone and domain.service_router is not None:
+            app.include_router(domain.service_router)
+        else:
+            app.include_router(domain.router)
+    if root_path:
+        app.add_middleware(RootPathMiddleware, root_path=root_path)  # outermost of ours
     app.state.tracer_provider = telemetry.instrument_app(app)
     return app
 

@@ -5,8 +5,10 @@ and the app runs with ``APP_DB_CREATE_SCHEMA=false``. The start-up ``create_all`
 the default only for compatibility with the seed's behaviour.
 
 A database whose tables were made by that ``create_all`` (no ``alembic_version`` table
-yet, every table of the first migration present) is adopted: it is stamped with the first
-revision, which creates exactly those tables, and then upgraded.
+yet) is adopted: it is stamped with the newest revision whose tables, and those of every
+revision before it, are all present (``0001`` for items and notes, ``0002`` once users,
+orders and payments were served too), and then upgraded. A revision's tables present only
+in part, or present while an earlier revision's are missing, stop it with a message.
 
 Options: ``--sql`` prints the SQL of a full upgrade instead of running it; ``--check``
 exits 1 if the database is not at the newest revision. Reads only the ``APP_DB_*``
@@ -35,8 +37,11 @@ from app.core.settings import SettingsError, load_database_settings
 logger = logging.getLogger("app.migrate")
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-FIRST_REVISION = "0001"
-FIRST_REVISION_TABLES = frozenset({"items", "notes"})
+# The tables each revision creates, oldest first: what adopting a create_all schema reads.
+REVISION_TABLES: tuple[tuple[str, frozenset[str]], ...] = (
+    ("0001", frozenset({"items", "notes"})),
+    ("0002", frozenset({"users", "orders", "order_items", "payments"})),
+)
 
 
 def alembic_config(url: URL) -> Config:
@@ -61,19 +66,38 @@ async def schema_state(url: URL) -> tuple[set[str], str | None]:
         await engine.dispose()
 
 
+def adopted_revision(tables: set[str]) -> str | None:
+    """The revision a schema made by ``create_all`` is at (``None``: an empty database)."""
+    adopted: str | None = None
+    gap = False
+    for index, (revision, created) in enumerate(REVISION_TABLES):
+        which = "the first migration's" if index == 0 else f"migration {revision}'s"
+        present = created & tables
+        if not present:
+            gap = True
+        elif present != created:
+            raise RuntimeError(
+                f"only some of {which} tables exist ({sorted(present)}); "
+                "refusing to guess: fix the schema by hand"
+            )
+        elif gap:
+            raise RuntimeError(
+                f"{which} tables exist but an earlier migration's do not; "
+                "refusing to guess: fix the schema by hand"
+            )
+        else:
+            adopted = revision
+    return adopted
+
+
 def upgrade(url: URL) -> None:
     config = alembic_config(url)
     tables, revision = asyncio.run(schema_state(url))
     if revision is None and "alembic_version" not in tables:
-        present = FIRST_REVISION_TABLES & tables
-        if present == FIRST_REVISION_TABLES:
-            logger.info("tables made by the app's create_all: stamping revision %s", FIRST_REVISION)
-            command.stamp(config, FIRST_REVISION)
-        elif present:
-            raise RuntimeError(
-                f"only some of the first migration's tables exist ({sorted(present)}); "
-                "refusing to guess: fix the schema by hand"
-            )
+        adopted = adopted_revision(tables)
+        if adopted is not None:
+            logger.info("tables made by the app's create_all: stamping revision %s", adopted)
+            command.stamp(config, adopted)
     command.upgrade(config, "head")
 
 

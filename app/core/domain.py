@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
-from fastapi import APIRouter
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
 from sqlalchemy import Table
+
+from app.core.settings import Settings
+
+# Per-worker resources of a domain (clients, thread limiters), entered in the app's
+# lifespan after the engine and the cache exist, left before they close.
+DomainLifespan = Callable[[FastAPI, Settings], AbstractAsyncContextManager[None]]
 
 
 @dataclass(frozen=True)
 class Domain:
     name: str
+    # The routes at their public paths (e.g. /orders, /orders/{order_id}).
     router: APIRouter
     # The tables the domain owns: created at start-up when APP_DB_CREATE_SCHEMA is on.
     tables: tuple[Table, ...]
+    # A domain published under its own prefix (/users) can be served alone behind a
+    # gateway: with APP_ROOT_PATH equal to the prefix, ``service_router`` (the same routes
+    # relative to the prefix: /, /{order_id}) is served instead of ``router``.
+    prefix: str = ""
+    service_router: APIRouter | None = None
+    lifespan: DomainLifespan | None = None
 
 
 class JSONBytes(JSONResponse):

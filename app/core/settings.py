@@ -11,17 +11,79 @@ with secrets masked (exit status 0), or the error (exit status 2).
 
 from __future__ import annotations
 
+import os
+import re
 import sys
-from typing import Annotated
+from collections.abc import Iterable, Sequence
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy import URL
 
 ENV_PREFIX = "APP_"
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 PositiveSeconds = Annotated[float, Field(gt=0)]
+
+# Every domain of the codebase, and the ones `app.main:app` serves unless APP_DOMAINS says
+# otherwise (the seed-000 app: the deployed catalog depends on it).
+DOMAIN_NAMES: tuple[str, ...] = ("items", "notes", "users", "orders", "payments")
+DEFAULT_DOMAINS: tuple[str, ...] = ("items", "notes")
+# Settings that are optional in general but required where one of these domains is served.
+DOMAIN_REQUIREMENTS: dict[str, tuple[str, ...]] = {
+    "users": ("jwt_secret",),
+    "orders": ("jwt_secret", "users_url", "payments_url"),
+    "payments": ("jwt_secret",),
+}
+
+
+def _split_names(value: Any) -> Any:
+    if isinstance(value, str):
+        return tuple(name.strip() for name in value.split(",") if name.strip())
+    return value
+
+
+def _known_domains(names: tuple[str, ...]) -> tuple[str, ...]:
+    if not names:
+        raise ValueError("name at least one domain")
+    unknown = sorted(set(names) - set(DOMAIN_NAMES))
+    if unknown:
+        raise ValueError(f"unknown domains {', '.join(unknown)}; known: {', '.join(DOMAIN_NAMES)}")
+    if len(set(names)) != len(names):
+        raise ValueError("a domain is named twice")
+    return names
+
+
+def _root_path(value: str) -> str:
+    if value and not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", value):
+        raise ValueError("must be empty or a path like /users (no trailing slash)")
+    return value
+
+
+def _service_url(value: str) -> str:
+    """``http://host[:port][/base]``, ``https://...`` or ``unix:/absolute/socket/path``."""
+    if value.startswith("unix:"):
+        if not value.startswith("unix:/") or len(value) == len("unix:/"):
+            raise ValueError("a socket is given as unix:/absolute/path")
+        return value
+    if not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", value):
+        raise ValueError("must be http://host[:port][/path], https://... or unix:/path")
+    return value.rstrip("/")
+
+
+def _long_secret(value: SecretStr) -> SecretStr:
+    # HS256 wants a key at least as long as its 256-bit hash (RFC 7518, section 3.2).
+    if len(value.get_secret_value().encode()) < 32:
+        raise ValueError("must be at least 32 bytes long")
+    return value
+
+
+DomainList = Annotated[
+    tuple[str, ...], NoDecode, BeforeValidator(_split_names), AfterValidator(_known_domains)
+]
+RootPath = Annotated[str, AfterValidator(_root_path)]
+ServiceURL = Annotated[str, AfterValidator(_service_url)]
 
 
 class SettingsError(Exception):
@@ -65,7 +127,25 @@ class DatabaseSettings(BaseSettings):
         )
 
 
-class Settings(DatabaseSettings):
+class ServingSettings(BaseSettings):
+    """What shapes the app itself, read when it is built (so none of it is required)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, case_sensitive=False, extra="ignore", frozen=True
+    )
+
+    # The domains this process serves, comma separated: one app with all of them, or one
+    # service per domain (users, orders, payments; items,notes as the catalog).
+    domains: DomainList = DEFAULT_DOMAINS
+    # The path prefix the gateway publishes this service under (e.g. /users): the docs
+    # then load {root_path}/openapi.json, and the domain whose prefix it is answers at "/".
+    root_path: RootPath = ""
+    # GET /metrics in the Prometheus format (for the internal scraper; nginx must not
+    # route it).
+    metrics_enabled: bool = True
+
+
+class Settings(DatabaseSettings, ServingSettings):
     """Everything the app reads from its environment (names are ``APP_`` + field, upper case)."""
 
     # Valkey: required, as in the seed.
@@ -85,18 +165,75 @@ class Settings(DatabaseSettings):
     cache_failure_span: Annotated[float, Field(ge=0)] = 0.2
     cache_cooldown: PositiveSeconds = 5.0
 
+    # Users, orders, payments: see DOMAIN_REQUIREMENTS for which of them need what.
+    # HS256 key shared by every service that issues or checks tokens (32+ characters).
+    jwt_secret: Annotated[SecretStr, AfterValidator(_long_secret)] | None = None
+    jwt_expire_minutes: Annotated[int, Field(ge=1, le=10080)] = 30
+    # Argon2id cost (RFC 9106's second recommendation by default; OWASP's minimum is
+    # m=19456 KiB, t=2). Hashes made with other costs are upgraded at the next login.
+    password_hash_time_cost: Annotated[int, Field(ge=2, le=20)] = 3
+    password_hash_memory_kib: Annotated[int, Field(ge=19456, le=1048576)] = 65536
+    # Hashes computed at once per worker (each takes the memory above).
+    password_hash_concurrency: Annotated[int, Field(ge=1, le=64)] = 2
+    # Where the orders service reaches the users and payments APIs: a server that answers
+    # their public paths (/users/me, /payments): the gateway, the single app's own
+    # socket, or the service's socket.
+    users_url: ServiceURL | None = None
+    payments_url: ServiceURL | None = None
+    service_connect_timeout: PositiveSeconds = 1.0
+    service_timeout: PositiveSeconds = 5.0
+    # The simulated payment processor: the share of charges it accepts, and the seed that
+    # (with the user and the idempotency key) decides each one, so a decision is repeatable.
+    payment_success_rate: Annotated[float, Field(ge=0, le=1)] = 0.8
+    payment_seed: Annotated[str, Field(min_length=1, max_length=255)] = "webstack"
+
 
 def env_name(field: str) -> str:
     """The environment variable that feeds ``field``."""
     return f"{ENV_PREFIX}{field.upper()}"
 
 
-def load_settings() -> Settings:
-    """Read the settings from the environment, or raise one :class:`SettingsError`."""
+def required_for(domains: Iterable[str]) -> list[str]:
+    """The optional settings that serving ``domains`` makes required."""
+    return sorted({field for name in domains for field in DOMAIN_REQUIREMENTS.get(name, ())})
+
+
+def load_settings(domains: Sequence[str] | None = None) -> Settings:
+    """Read the settings from the environment, or raise one :class:`SettingsError`.
+
+    ``domains`` defaults to ``APP_DOMAINS``; the settings those domains need are reported
+    missing in the same message as every other problem.
+    """
     try:
-        return Settings()  # type: ignore[call-arg]  # required fields come from the environment
+        settings = Settings()  # type: ignore[call-arg]  # required fields come from the environment
     except ValidationError as exc:
-        raise SettingsError(_describe(exc)) from None
+        missing, invalid = _problems(exc)
+        if domains is None:
+            domains = _domains_from_environment()
+        bad = {entry.split(" ", 1)[0] for entry in invalid}
+        present = {name.upper() for name in os.environ}
+        for field in required_for(domains):
+            name = env_name(field)
+            if name not in bad and name not in present:
+                missing.append(name)
+        raise SettingsError(_format(missing, invalid)) from None
+    check_required(settings, settings.domains if domains is None else domains)
+    return settings
+
+
+def check_required(settings: Settings, domains: Iterable[str]) -> None:
+    """Raise :class:`SettingsError` naming the settings ``domains`` need but lack."""
+    missing = [env_name(f) for f in required_for(domains) if getattr(settings, f) is None]
+    if missing:
+        raise SettingsError(_format(missing, []))
+
+
+def load_serving_settings() -> ServingSettings:
+    """Only what shapes the app (domains, root path, metrics): read when it is built."""
+    try:
+        return ServingSettings()
+    except ValidationError as exc:
+        raise SettingsError(_format(*_problems(exc))) from None
 
 
 def load_database_settings() -> DatabaseSettings:
@@ -104,10 +241,17 @@ def load_database_settings() -> DatabaseSettings:
     try:
         return DatabaseSettings()  # type: ignore[call-arg]
     except ValidationError as exc:
-        raise SettingsError(_describe(exc)) from None
+        raise SettingsError(_format(*_problems(exc))) from None
 
 
-def _describe(exc: ValidationError) -> str:
+def _domains_from_environment() -> tuple[str, ...]:
+    try:
+        return ServingSettings().domains
+    except ValidationError:
+        return ()  # APP_DOMAINS itself is wrong, and reported as such
+
+
+def _problems(exc: ValidationError) -> tuple[list[str], list[str]]:
     missing: list[str] = []
     invalid: list[str] = []
     for error in exc.errors(include_input=False, include_url=False):
@@ -116,9 +260,13 @@ def _describe(exc: ValidationError) -> str:
             missing.append(name)
         else:
             invalid.append(f"{name} ({error['msg']})")
+    return missing, invalid
+
+
+def _format(missing: list[str], invalid: list[str]) -> str:
     parts = []
     if missing:
-        parts.append("missing required settings: " + ", ".join(sorted(missing)))
+        parts.append("missing required settings: " + ", ".join(sorted(set(missing))))
     if invalid:
         parts.append("invalid settings: " + ", ".join(sorted(invalid)))
     return "; ".join(parts)
@@ -131,7 +279,8 @@ def main() -> int:
         print(f"app: {exc}", file=sys.stderr)
         return 2
     for field, value in settings.model_dump().items():
-        print(f"{env_name(field)}={value}")
+        shown = ",".join(value) if isinstance(value, tuple) else value
+        print(f"{env_name(field)}={'' if shown is None else shown}")
     return 0
 
 

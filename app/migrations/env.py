@@ -18,7 +18,10 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 import app.items.models
-import app.notes.models  # noqa: F401  # register every table on the metadata
+import app.notes.models
+import app.orders.models
+import app.payments.models
+import app.users.models  # noqa: F401  # register every table on the metadata
 from app.core.database import SCHEMA_LOCK_KEY, Base
 from app.core.settings import load_database_settings
 

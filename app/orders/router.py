@@ -1,0 +1,55 @@
+"""HTTP routes of /orders: a user's own orders only (another's are 404)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, status
+
+from app.core.auth import CurrentUser
+from app.core.schemas import DEFAULT_LIMIT, IdPath, LimitQuery, SkipQuery
+from app.orders.schemas import OrderCreate, OrderRead
+from app.orders.service import OrderServiceDep
+
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {"description": "No valid bearer token"}}
+
+
+async def create_order(data: OrderCreate, user: CurrentUser, service: OrderServiceDep) -> OrderRead:
+    """Place an order and charge it: 201 with status ``confirmed`` or ``failed``."""
+    return OrderRead.model_validate(await service.create(user, data))
+
+
+async def list_orders(
+    user: CurrentUser,
+    service: OrderServiceDep,
+    skip: SkipQuery = 0,
+    limit: LimitQuery = DEFAULT_LIMIT,
+) -> list[OrderRead]:
+    """Your orders ordered by id."""
+    rows = await service.list(user.user_id, skip, limit)
+    return [OrderRead.model_validate(row) for row in rows]
+
+
+async def get_order(order_id: IdPath, user: CurrentUser, service: OrderServiceDep) -> OrderRead:
+    return OrderRead.model_validate(await service.get(user.user_id, order_id))
+
+
+def build_router(prefix: str) -> APIRouter:
+    """The routes under ``prefix`` ("/orders" in one app; "" for the service alone)."""
+    router = APIRouter(prefix=prefix, tags=["orders"])
+    root = "" if prefix else "/"
+    router.add_api_route(
+        root,
+        create_order,
+        methods=["POST"],
+        status_code=status.HTTP_201_CREATED,
+        responses={**UNAUTHORIZED, 503: {"description": "The user service cannot be reached"}},
+    )
+    router.add_api_route(root, list_orders, methods=["GET"], responses=UNAUTHORIZED)
+    router.add_api_route(
+        "/{order_id}",
+        get_order,
+        methods=["GET"],
+        responses={**UNAUTHORIZED, 404: {"description": "No order of yours"}},
+    )
+    return router

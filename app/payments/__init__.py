@@ -1,0 +1,17 @@
+"""Payments: charges through a simulated processor, idempotent per key; refunds."""
+
+from typing import cast
+
+from sqlalchemy import Table
+
+from app.core.domain import Domain
+from app.payments.models import Payment
+from app.payments.router import build_router
+
+domain = Domain(
+    name="payments",
+    router=build_router("/payments"),
+    tables=(cast(Table, Payment.__table__),),
+    prefix="/payments",
+    service_router=build_router(""),
+)
