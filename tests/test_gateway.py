@@ -1,0 +1,162 @@
+"""One codebase as separate services: root paths, docs behind the gateway, calls between them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.main import create_app
+from tests.servers import CacheServer, PostgresServer
+from tests.stack import register, reset, seed_001_settings, serve, socket_client, socket_dir
+
+SERVICES = ("users", "orders", "payments")
+
+
+def strip_prefix(app: ASGIApp, prefix: str) -> ASGIApp:
+    """What nginx does with ``location /users/ { proxy_pass http://users/; }``."""
+
+    async def gateway(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            assert path == prefix or path.startswith(prefix + "/")
+            rest = path[len(prefix) :] or "/"
+            scope = {**scope, "path": rest, "raw_path": rest.encode()}
+        await app(scope, receive, send)
+
+    return gateway
+
+
+async def check_docs(client: httpx.AsyncClient, prefix: str, docs: str, openapi: str) -> Any:
+    """``docs`` loads ``{prefix}/openapi.json``, and ``openapi`` answers it."""
+    page = await client.get(docs)
+    assert page.status_code == 200
+    assert f"url: '{prefix}/openapi.json'" in page.text
+    redoc = await client.get(docs.replace("docs", "redoc"))
+    assert f'spec-url="{prefix}/openapi.json"' in redoc.text
+    schema = await client.get(openapi)
+    assert schema.status_code == 200
+    body = schema.json()
+    # "Try it out" sends requests to the prefix.
+    assert body["servers"] == [{"url": prefix}]
+    return body
+
+
+@pytest.mark.parametrize("stripped", [False, True], ids=["passed-on", "stripped"])
+async def test_a_service_docs_work_under_its_prefix(
+    pg: PostgresServer, cache_server: CacheServer, stripped: bool
+) -> None:
+    settings = seed_001_settings(pg, cache_server, domains=("users",), root_path="/users")
+    app = create_app(settings)
+    async with LifespanManager(app) as manager:
+        asgi = strip_prefix(manager.app, "/users") if stripped else manager.app
+        transport = httpx.ASGITransport(app=asgi)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            await reset(app, client)
+            schema = await check_docs(client, "/users", "/users/docs", "/users/openapi.json")
+            assert set(schema["paths"]) == {
+                "/register",
+                "/login",
+                "/me",
+                "/",
+                "/{user_id}",
+                "/health",
+            }
+            auth = await register(client, "alice")
+            # The collection, with and without the slash, and one user.
+            for path in ("/users", "/users/"):
+                listed = await client.get(path, headers=auth)
+                assert listed.status_code == 200, path
+                assert [u["username"] for u in listed.json()] == ["alice"]
+            assert (await client.get("/users/1", headers=auth)).status_code == 200
+            assert (await client.get("/users/me", headers=auth)).json()["username"] == "alice"
+            assert (await client.get("/users/health")).json() == {"status": "ok"}
+
+
+async def test_one_app_keeps_its_docs_at_the_root(
+    pg: PostgresServer, cache_server: CacheServer
+) -> None:
+    settings = seed_001_settings(
+        pg,
+        cache_server,
+        domains=("items", "notes", *SERVICES),
+        users_url="http://127.0.0.1:8080",  # not called here
+        payments_url="http://127.0.0.1:8080",
+    )
+    app = create_app(settings)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            page = await client.get("/docs")
+            assert "url: '/openapi.json'" in page.text
+            schema = (await client.get("/openapi.json")).json()
+            assert "servers" not in schema
+            assert {"/users/register", "/orders", "/payments/{payment_id}/refund"} <= set(
+                schema["paths"]
+            )
+            assert "/api/items" in schema["paths"]
+            # /users/docs is no page of the single app.
+            assert (await client.get("/users/docs")).status_code in (401, 404, 422)
+
+
+async def services(
+    stack: AsyncExitStack, pg: PostgresServer, cache: CacheServer, directory: Path
+) -> dict[str, httpx.AsyncClient]:
+    """users, orders and payments, each its own app on its own socket, as nginx sees them."""
+    sockets = {name: directory / f"{name}.sock" for name in SERVICES}
+    clients: dict[str, httpx.AsyncClient] = {}
+    for name in SERVICES:
+        settings = seed_001_settings(
+            pg,
+            cache,
+            domains=(name,),
+            root_path=f"/{name}",
+            # The orders service calls the others' sockets straight, with public paths.
+            users_url=f"unix:{sockets['users']}",
+            payments_url=f"unix:{sockets['payments']}",
+            payment_success_rate=1.0,
+        )
+        app = create_app(settings)
+        await stack.enter_async_context(serve(app, sockets[name]))
+        clients[name] = await stack.enter_async_context(socket_client(sockets[name]))
+        if name == "users":
+            await reset(app, clients[name])  # one database: empties every table
+    return clients
+
+
+@pytest.fixture
+async def separate(
+    pg: PostgresServer, cache_server: CacheServer
+) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
+    with socket_dir() as directory:
+        async with AsyncExitStack() as stack:
+            yield await services(stack, pg, cache_server, directory)
+
+
+async def test_separate_services_place_pay_and_refund(
+    separate: dict[str, httpx.AsyncClient],
+) -> None:
+    users, orders, payments = (separate[name] for name in SERVICES)
+    alice = await register(users, "alice")
+    line = {"name": "Product 1", "quantity": 2, "price": "29.99"}
+    created = await orders.post("/orders", json={"items": [line]}, headers=alice)
+    assert created.status_code == 201, created.text
+    order = created.json()
+    assert (order["status"], order["total"]) == ("confirmed", "59.98")
+    payment = await payments.get(f"/payments/{order['payment_id']}", headers=alice)
+    assert payment.json()["amount"] == "59.98"
+    refunded = await payments.post(f"/payments/{order['payment_id']}/refund", headers=alice)
+    assert refunded.json()["status"] == "refunded"
+    assert [o["id"] for o in (await orders.get("/orders", headers=alice)).json()] == [order["id"]]
+    # Each service answers only for its own domain.
+    assert (await orders.get("/payments/1/refund", headers=alice)).status_code == 404
+    assert (await users.get("/api/items")).status_code == 404
+
+    for name, client in separate.items():
+        await check_docs(client, f"/{name}", f"/{name}/docs", f"/{name}/openapi.json")
