@@ -30,8 +30,8 @@ class RootPathMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
-            # In place, as servers and FastAPI do: outer middleware (tracing, metrics)
-            # see the same scope, and with it the route that was chosen.
+            # In place, as FastAPI's own argument did: the tracing wrapped around this
+            # middleware sees the root path, and the route the router records.
             scope["root_path"] = self.root_path
             if scope["path"] == self.root_path:
                 scope["path"] = self.root_path + "/"
