@@ -381,7 +381,9 @@ def test_app_paths_reach_the_socket_with_proxy_headers(host, echo_app, path):
     headers = seen["headers"]
     assert headers["host"] == "shop.example"
     assert headers["x-real-ip"] == "127.0.0.1"
-    assert headers["x-forwarded-for"] == "203.0.113.7, 127.0.0.1"
+    # The client's own X-Forwarded-For is replaced, not extended: the app trusts the first
+    # entry, so a client must not be able to choose it.
+    assert headers["x-forwarded-for"] == "127.0.0.1"
     assert headers["x-forwarded-proto"] == "http"
     # HTTP/1.1 with an empty Connection header: nothing asks the app to close.
     assert "connection" not in headers

@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Keep steady traffic on the stack while a deploy runs, and count every failure.
+
+Runs on the test host (stdlib only), started by the side_effect playbook as a transient
+systemd unit before it re-deploys, so the requests cross the deploy exactly as a client's
+would. Each of --clients keeps one HTTP/1.1 keep-alive connection to --target and loops
+GET /health, GET /api/items, POST /api/items, GET /api/items/{id} until it gets SIGTERM
+(the playbook stops it once the deploys are done), --seconds pass or --max-requests are
+sent. A request fails if it gets no complete response or a 5xx.
+Results go to --out as JSON.
+
+  deploy-load.py --target 127.0.0.1:8080 --seconds 60 --out /var/tmp/deploy-load.json
+  deploy-load.py --target unix:/run/webstack/app.sock ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.unix_path)
+        self.sock = sock
+
+
+def connect(target: str, timeout: float) -> http.client.HTTPConnection:
+    if target.startswith("unix:"):
+        return UnixHTTPConnection(target[5:], timeout)
+    host, _, port = target.rpartition(":")
+    return http.client.HTTPConnection(host, int(port), timeout=timeout)
+
+
+def client(
+    args: argparse.Namespace,
+    deadline: float,
+    stats: Counter,
+    lock: threading.Lock,
+    budget: list[int],
+) -> None:
+    conn = connect(args.target, args.timeout)
+    item_id = None
+    step = 0
+    while time.monotonic() < deadline and not stop.is_set():
+        with lock:
+            if budget[0] <= 0:
+                return
+            budget[0] -= 1
+        step += 1
+        if step % 4 == 0:
+            method, path, body = "POST", "/api/items", json.dumps({"name": f"deploy-{step}"})
+        elif step % 4 == 1 and item_id is not None:
+            method, path, body = "GET", f"/api/items/{item_id}", None
+        elif step % 4 == 2:
+            method, path, body = "GET", "/api/items?limit=5", None
+        else:
+            method, path, body = "GET", "/health", None
+        headers = {"Content-Type": "application/json"} if body else {}
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            response = conn.getresponse()
+            payload = response.read()
+            status = response.status
+            if method == "POST" and status == 201:
+                item_id = json.loads(payload)["id"]
+            if response.getheader("Connection", "").lower() == "close":
+                conn.close()
+        except (OSError, http.client.HTTPException) as exc:
+            status = f"error:{type(exc).__name__}"
+            conn.close()
+            conn = connect(args.target, args.timeout)
+        with lock:
+            stats[str(status)] += 1
+            if str(status).startswith(("5", "error")):
+                stats_failures.append(
+                    {"t": round(time.time(), 3), "req": f"{method} {path}", "status": str(status)}
+                )
+
+
+stats_failures: list[dict[str, object]] = []
+stop = threading.Event()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", default="127.0.0.1:8080")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--max-requests", type=int, default=200_000)
+    parser.add_argument("--timeout", type=float, default=30)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    stats: Counter = Counter()
+    lock = threading.Lock()
+    budget = [args.max_requests]
+    started = time.time()
+    deadline = time.monotonic() + args.seconds
+    threads = [
+        threading.Thread(target=client, args=(args, deadline, stats, lock, budget))
+        for _ in range(args.clients)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    total = sum(stats.values())
+    failures = sum(n for s, n in stats.items() if s.startswith(("5", "error")))
+    result = {
+        "started": started,
+        "finished": time.time(),
+        "requests": total,
+        "failures": failures,
+        "by_status": dict(stats),
+        "first_failures": stats_failures[:20],
+    }
+    with open(args.out, "w") as out:
+        json.dump(result, out, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Deploys under load (molecule/resources/side_effect.yml): no request may fail.
+
+The side effect re-deploys twice while traffic runs through nginx: a code change (workers
+reloaded) and then a settings change with a rotated Valkey password (Valkey and the app
+restarted). These checks read what it left behind, so they need `molecule side-effect`
+(part of `molecule test`) to have run first.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+
+TALLY = "/var/tmp/deploy-load.json"
+
+
+@pytest.fixture(scope="module")
+def tally(host) -> dict:
+    result = host.file(TALLY)
+    assert result.exists, f"{TALLY} missing: run `molecule side-effect` before verify"
+    return json.loads(result.content_string)
+
+
+def test_traffic_ran_through_both_deploys(tally):
+    assert tally["requests"] >= 500, tally
+    assert tally["finished"] - tally["started"] >= 20, tally
+
+
+def test_no_request_failed_during_the_deploys(tally):
+    assert tally["failures"] == 0, json.dumps(tally, indent=2)
+
+
+def test_new_code_is_live(host):
+    with host.sudo():
+        assert host.file("/opt/webstack/app/main.py").contains('DEPLOY_MARK = "side-effect"')
+    pid = host.check_output("systemctl show webstack-app.service --property MainPID --value")
+    with host.sudo():
+        environ = host.file(f"/proc/{pid}/environ").content_string
+    assert "APP_DEPLOY_MARK=side-effect" in environ
+
+
+def test_rotated_password_works_and_the_old_one_is_refused(host, secret):
+    new, old = secret("valkey_password"), secret("valkey_password.previous")
+    assert new != old
+
+    def ping(password: str) -> str:
+        auth = f"REDISCLI_AUTH={shlex.quote(password)}"
+        return host.run(f"{auth} valkey-cli --no-auth-warning PING").stdout.strip()
+
+    assert ping(new) == "PONG"
+    assert ping(old) != "PONG"
+    with host.sudo():
+        assert f"APP_CACHE_PASS='{new}'" in host.file("/etc/webstack/app.env").content_string
+
+
+def test_app_caches_with_the_rotated_password(host, secret):
+    # Fail-open would hide a wrong password from clients; the cache itself shows it.
+    created = host.check_output(
+        "curl -sS -X POST -H 'content-type: application/json' "
+        '-d \'{"name": "after-rotation"}\' http://127.0.0.1:8080/api/items'
+    )
+    item_id = json.loads(created)["id"]
+    host.check_output(f"curl -sS -o /dev/null http://127.0.0.1:8080/api/items/{item_id}")
+    auth = f"REDISCLI_AUTH={shlex.quote(secret('valkey_password'))}"
+    cached = host.check_output(f"{auth} valkey-cli --no-auth-warning EXISTS items:{item_id}")
+    assert cached == "1"
