@@ -275,3 +275,28 @@ async def test_a_token_of_a_deleted_user_places_no_order(stack: Stack) -> None:
     response = await place(stack, alice)
     assert response.status_code == 401
     assert await stack.api.count("orders") == 0
+
+
+async def test_one_trace_spans_the_order_and_the_calls_it_makes(stack: Stack) -> None:
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind
+
+    alice = await register(stack.client, "alice")
+    exporter = InMemorySpanExporter()
+    stack.api.app.state.tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    assert (await place(stack, alice)).status_code == 201
+    spans = exporter.get_finished_spans()
+
+    servers = {s.name: s for s in spans if s.kind == SpanKind.SERVER}
+    clients = [s for s in spans if s.kind == SpanKind.CLIENT and s.name in ("GET", "POST")]
+    order = servers["POST /orders"]
+    assert {"GET /users/me", "POST /payments"} <= set(servers)
+    assert len(clients) == 2
+    for client in clients:  # the orders domain's calls, children of its request...
+        assert client.parent is not None and client.parent.span_id == order.context.span_id
+    for name in ("GET /users/me", "POST /payments"):  # ... and parents of the answers
+        callee = servers[name]
+        assert callee.context.trace_id == order.context.trace_id
+        assert callee.parent is not None
+        assert callee.parent.span_id in {c.context.span_id for c in clients}
