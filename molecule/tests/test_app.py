@@ -110,17 +110,12 @@ def parse_debug_spans(journal: str) -> list[dict[str, str]]:
     return spans
 
 
-def test_request_spans_reach_the_collector(host):
-    # A cache miss on GET /api/notes/{id} reads PostgreSQL and fills Valkey: one HTTP server
-    # span with SQL and cache spans as its children, in the same trace.
-    _, status, body = over_socket(
-        host, "/api/notes", method="POST", body={"title": "trace", "content": "me"}
-    )
-    assert status == 201
-    route = "GET /api/notes/{note_id}"
-    _, status, _ = over_socket(host, f"/api/notes/{json.loads(body)['id']}")
+def traced_children(host, route: str, path: str) -> tuple[dict[str, str], dict[str, set[str]]]:
+    """Request `path` and find its server span and the db/cache spans under it."""
+    _, status, _ = over_socket(host, path)
     assert status == 200
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 15
+    server: dict[str, str] = {}
     children: dict[str, set[str]] = {}
     while time.monotonic() < deadline and children.keys() != {"postgresql", "redis"}:
         time.sleep(1)
@@ -137,6 +132,23 @@ def test_request_spans_reach_the_collector(host):
         for span in spans:
             if span.get("Trace ID") == server["Trace ID"] and "db.system" in span:
                 children.setdefault(span["db.system"], set()).add(span["Parent ID"])
+    return server, children
+
+
+def test_request_spans_reach_the_collector(host):
+    # A cache miss on GET /api/notes/{id} reads PostgreSQL and fills Valkey: one HTTP server
+    # span with SQL and cache spans as its children, in the same trace. After heavy traffic
+    # journald may still be dropping the collector's debug lines (its rate limit), so a
+    # request whose spans are not seen is followed by a fresh one, within a bound.
+    route = "GET /api/notes/{note_id}"
+    for _attempt in range(4):
+        _, status, body = over_socket(
+            host, "/api/notes", method="POST", body={"title": "trace", "content": "me"}
+        )
+        assert status == 201
+        server, children = traced_children(host, route, f"/api/notes/{json.loads(body)['id']}")
+        if children.keys() == {"postgresql", "redis"}:
+            break
     assert set(children) == {"postgresql", "redis"}, f"db/cache spans of {route}: {children}"
     assert children["postgresql"] == {server["ID"]}
     assert children["redis"] == {server["ID"]}

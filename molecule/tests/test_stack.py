@@ -224,13 +224,20 @@ def test_units_survive_a_restart(host, api):
 
 
 def test_request_through_nginx_is_traced(host, api):
-    note = api.post("/api/notes", json={"title": "traced", "content": "via nginx"}).json()
-    assert api.get(f"/api/notes/{note['id']}").status_code == 200
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        with host.sudo():
-            journal = host.run("journalctl -u otelcol-contrib --since=-1min -o cat").stdout
-        if f"/api/notes/{note['id']}" in journal:
+    # Fresh requests until one is seen: journald may be rate-limiting the collector's debug
+    # lines right after heavy traffic (see test_app.py).
+    found = None
+    for _attempt in range(4):
+        note = api.post("/api/notes", json={"title": "traced", "content": "via nginx"}).json()
+        path = f"/api/notes/{note['id']}"
+        assert api.get(path).status_code == 200
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and found is None:
+            time.sleep(1)
+            with host.sudo():
+                journal = host.run("journalctl -u otelcol-contrib --since=-1min -o cat").stdout
+            if path in journal:
+                found = path
+        if found:
             break
-        time.sleep(1)
-    assert f"/api/notes/{note['id']}" in journal, "the request's span is not in the journal"
+    assert found, "no request's span reached the collector's journal"
