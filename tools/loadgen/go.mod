@@ -1,0 +1,3 @@
+module webstack/tools/loadgen
+
+go 1.25
