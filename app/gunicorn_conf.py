@@ -14,8 +14,9 @@ Every value comes from the environment (names and defaults in ``app/README.md``)
   ``APP_MAX_REQUESTS`` (100000) and ``APP_MAX_REQUESTS_JITTER`` (10000), ``APP_LOG_LEVEL``
   (``info``; ``UVICORN_LOG_LEVEL`` is read when it is unset).
 
-Worker: ``app.worker.UvicornWorker``, uvicorn-worker's class with a shutdown that answers
-requests accepted just before a reload instead of closing their connections.
+Worker: ``app.worker.UvicornWorker``, uvicorn-worker's class on the asyncio loop, accepting
+connections 32 at a time so two busy workers share them evenly, with a shutdown that
+answers requests accepted just before a reload instead of closing their connections.
 ``APP_CONTROL_SOCKET`` enables Gunicorn's control socket at that path (off by default).
 
 Client addresses: nginx reaches the app over a Unix socket, whose peer has no IP, so the

@@ -23,6 +23,7 @@ from fastapi import FastAPI
 
 from app.core import metrics, telemetry
 from app.core.cache import Cache
+from app.core.concurrency import ConcurrencyLimitMiddleware
 from app.core.database import create_engine, create_schema, create_sessionmaker
 from app.core.domain import Domain
 from app.core.errors import install_error_handlers
@@ -120,6 +121,8 @@ def create_app(settings: Settings | None = None, domains: Sequence[str] | None =
         """Liveness: the worker answers. Not traced."""
         return {"status": "ok"}
 
+    # Innermost of ours: the metrics and spans around it include the time spent in line.
+    app.add_middleware(ConcurrencyLimitMiddleware, limit=serving.max_concurrent_requests)
     if serving.metrics_enabled:
         # Before the domains' routes: a service's /{user_id} would otherwise take /metrics.
         metrics.install(app)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -105,6 +107,37 @@ async def test_reload_drops_no_request(gunicorn: Gunicorn) -> None:
     print(f"{len(statuses)} requests over 3 reloads, slowest {max(latencies):.2f}s")
     assert len(statuses) > 100
     assert set(statuses) == {200}
+    assert gunicorn.stop() == 0
+
+
+def listen_queue(socket_path: Path) -> int:
+    """The accept queue's size of a listening Unix socket, as ``ss`` reports it."""
+    out = subprocess.run(
+        [shutil.which("ss") or "/usr/bin/ss", "-xlnH"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for line in out.splitlines():
+        fields = line.split()
+        if str(socket_path) in fields:
+            return int(fields[3])  # Netid State Recv-Q Send-Q: Send-Q is the queue's size
+    raise AssertionError(f"{socket_path} is not listening:\n{out}")
+
+
+async def test_workers_accept_in_batches_without_shrinking_the_queue(gunicorn: Gunicorn) -> None:
+    """The worker hands asyncio a small accept batch (app/worker.py), which asyncio would
+    also pass to listen(): the queue every worker shares must keep Gunicorn's size, also
+    after a reload has started new workers, or nginx's connections get refused."""
+    assert gunicorn.process is not None
+    assert listen_queue(gunicorn.socket) == 2048
+    gunicorn.process.send_signal(signal.SIGHUP)
+    await asyncio.to_thread(gunicorn.wait_for_workers, 4)
+    assert listen_queue(gunicorn.socket) == 2048
+    # And the workers serve through their copies of the socket.
+    async with gunicorn.client() as client:
+        answers = await asyncio.gather(*(client.get("/health") for _ in range(50)))
+    assert {answer.status_code for answer in answers} == {200}
     assert gunicorn.stop() == 0
 
 

@@ -143,6 +143,10 @@ class ServingSettings(BaseSettings):
     # GET /metrics in the Prometheus format (for the internal scraper; nginx must not
     # route it).
     metrics_enabled: bool = True
+    # Requests one worker works on at once; more wait in line before they start, so that
+    # timeouts inside the app measure its dependencies, not its own queue
+    # (app/core/concurrency.py). At most APP_CACHE_MAX_CONNECTIONS.
+    max_concurrent_requests: Annotated[int, Field(ge=1)] = 64
 
 
 class Settings(DatabaseSettings, ServingSettings):
@@ -155,9 +159,12 @@ class Settings(DatabaseSettings, ServingSettings):
     cache_db: Annotated[int, Field(ge=0)]
     cache_ttl: Annotated[int, Field(ge=1)] = 60
     cache_enabled: bool = True
-    # Short timeouts make a dead or hung cache cost milliseconds, not seconds.
-    cache_connect_timeout: PositiveSeconds = 0.05
-    cache_socket_timeout: PositiveSeconds = 0.05
+    # Short timeouts make a dead or hung cache cost a fraction of a second, not seconds; not
+    # shorter, because they also time the worker's own event loop and the host's scheduler:
+    # at 50 ms a saturated 2-core host tripped the breaker now and then with Valkey healthy
+    # (bench/stack.py), sending a busy worker's reads to PostgreSQL for the cool-down.
+    cache_connect_timeout: PositiveSeconds = 0.2
+    cache_socket_timeout: PositiveSeconds = 0.2
     cache_max_connections: Annotated[int, Field(ge=1)] = 64
     # After this many consecutive cache errors, spread over at least the span, the cache is
     # bypassed for the cool-down; then one request tries it again.
