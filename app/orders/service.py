@@ -24,11 +24,11 @@ from decimal import Decimal
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
-from sqlalchemy import func, select, update
+from sqlalchemy import func, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.auth import Principal, unauthorized
-from app.core.errors import NotFoundError
+from app.core.owned import OwnedRows
 from app.core.services import ServiceClient, ServiceUnavailable
 from app.orders.models import Order, OrderItem
 from app.orders.schemas import OrderCreate, OrderStatus
@@ -36,7 +36,10 @@ from app.orders.schemas import OrderCreate, OrderStatus
 logger = logging.getLogger(__name__)
 
 
-class OrderService:
+class OrderService(OwnedRows[Order]):
+    model = Order
+    kind = "order"
+
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
@@ -125,26 +128,6 @@ class OrderService:
             return OrderStatus.CONFIRMED, payment_id, None
         reason = "payment declined" if payment_status == "failed" else f"payment {payment_status}"
         return OrderStatus.FAILED, payment_id, reason
-
-    async def get(self, user_id: int, order_id: int) -> Order:
-        async with self.sessions() as session:
-            order = await session.scalar(
-                select(Order).where(Order.id == order_id, Order.user_id == user_id)
-            )
-        if order is None:  # another user's order does not exist for this one
-            raise NotFoundError("order", order_id)
-        return order
-
-    async def list(self, user_id: int, skip: int, limit: int) -> list[Order]:
-        async with self.sessions() as session:
-            rows = await session.scalars(
-                select(Order)
-                .where(Order.user_id == user_id)
-                .order_by(Order.id)
-                .offset(skip)
-                .limit(limit)
-            )
-            return list(rows)
 
 
 def _unavailable(detail: str) -> HTTPException:

@@ -10,7 +10,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.core.errors import NotFoundError
+from app.core.owned import OwnedRows
 from app.core.settings import Settings
 from app.payments import processor
 from app.payments.models import IDEMPOTENCY_CONSTRAINT, Payment
@@ -19,7 +19,10 @@ from app.payments.schemas import PaymentCreate, PaymentStatus
 logger = logging.getLogger(__name__)
 
 
-class PaymentService:
+class PaymentService(OwnedRows[Payment]):
+    model = Payment
+    kind = "payment"
+
     def __init__(self, sessions: async_sessionmaker[AsyncSession], settings: Settings) -> None:
         self.sessions = sessions
         self.settings = settings
@@ -95,26 +98,6 @@ class PaymentService:
             await session.commit()
         logger.info("payment %s of user %s: %s", done.id, done.user_id, done.status)
         return done
-
-    async def get(self, user_id: int, payment_id: int) -> Payment:
-        async with self.sessions() as session:
-            payment = await session.scalar(
-                select(Payment).where(Payment.id == payment_id, Payment.user_id == user_id)
-            )
-        if payment is None:  # another user's payment does not exist for this one
-            raise NotFoundError("payment", payment_id)
-        return payment
-
-    async def list(self, user_id: int, skip: int, limit: int) -> list[Payment]:
-        async with self.sessions() as session:
-            rows = await session.scalars(
-                select(Payment)
-                .where(Payment.user_id == user_id)
-                .order_by(Payment.id)
-                .offset(skip)
-                .limit(limit)
-            )
-            return list(rows)
 
     async def refund(self, user_id: int, payment_id: int) -> Payment:
         """completed -> refunded, in one statement: two refunds cannot both succeed."""
