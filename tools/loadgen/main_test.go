@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -106,28 +107,34 @@ func TestConnectionCloseReconnectsWithoutError(t *testing.T) {
 	}
 }
 
-// A server that reads a request and closes without answering: every request is an error.
-func TestDroppedRequestsAreErrors(t *testing.T) {
+// rawServer accepts TCP connections and gives each to handle; it returns the target URL.
+func rawServer(t *testing.T, handle func(net.Conn)) string {
+	t.Helper()
 	listener, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer listener.Close()
+	t.Cleanup(func() { listener.Close() })
 	go func() {
 		for {
 			conn, err := listener.Accept()
 			if err != nil {
 				return
 			}
-			go func() {
-				bufio.NewReader(conn).ReadString('\n')
-				conn.Close()
-			}()
+			go handle(conn)
 		}
 	}()
+	return "http://" + listener.Addr().String()
+}
 
-	report := run(mustParse(t, "-target", "http://"+listener.Addr().String(), "-c", "2", "-d", "200ms",
-		"-warmup", "0s"))
+// A server that reads a request and closes without answering: every request is an error.
+func TestDroppedRequestsAreErrors(t *testing.T) {
+	target := rawServer(t, func(conn net.Conn) {
+		bufio.NewReader(conn).ReadString('\n')
+		conn.Close()
+	})
+
+	report := run(mustParse(t, "-target", target, "-c", "2", "-d", "200ms", "-warmup", "0s"))
 
 	if report.Requests != 0 || report.Errors["closed"] == 0 {
 		t.Fatalf("want only 'closed' errors, got %+v", report)
@@ -135,24 +142,26 @@ func TestDroppedRequestsAreErrors(t *testing.T) {
 }
 
 func TestUnansweredRequestTimesOut(t *testing.T) {
-	listener, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer listener.Close()
-	go func() {
-		for {
-			conn, err := listener.Accept()
-			if err != nil {
-				return
-			}
-			defer conn.Close() // held open, never answered
+	var (
+		mu   sync.Mutex
+		held []net.Conn // open, never answered, closed at the end
+	)
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, conn := range held {
+			conn.Close()
 		}
-	}()
+	})
+	target := rawServer(t, func(conn net.Conn) {
+		mu.Lock()
+		defer mu.Unlock()
+		held = append(held, conn)
+	})
 
 	started := time.Now()
-	report := run(mustParse(t, "-target", "http://"+listener.Addr().String(), "-c", "1", "-d", "100ms",
-		"-warmup", "0s", "-timeout", "150ms"))
+	report := run(mustParse(t, "-target", target, "-c", "1", "-d", "100ms", "-warmup", "0s",
+		"-timeout", "150ms"))
 
 	if report.Errors["timeout"] != 1 || time.Since(started) > 2*time.Second {
 		t.Fatalf("want one timeout, got %+v", report)
