@@ -122,7 +122,12 @@ def create_app(settings: Settings | None = None, domains: Sequence[str] | None =
         return {"status": "ok"}
 
     # Innermost of ours: the metrics and spans around it include the time spent in line.
-    app.add_middleware(ConcurrencyLimitMiddleware, limit=serving.max_concurrent_requests)
+    unqueued = {"/health", metrics.METRICS_PATH}
+    app.add_middleware(
+        ConcurrencyLimitMiddleware,
+        limit=serving.max_concurrent_requests,
+        exempt=frozenset(unqueued | {root_path + path for path in unqueued}),
+    )
     if serving.metrics_enabled:
         # Before the domains' routes: a service's /{user_id} would otherwise take /metrics.
         metrics.install(app)

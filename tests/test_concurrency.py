@@ -8,7 +8,7 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from app.core.concurrency import ConcurrencyLimitMiddleware
+from app.core.concurrency import ConcurrencyLimitMiddleware, slot_released
 from app.core.settings import SettingsError, load_serving_settings
 from app.main import create_app
 
@@ -62,6 +62,50 @@ async def test_a_failing_request_gives_its_slot_back() -> None:
         for _ in range(3):  # with the slot leaked, the second would wait forever
             answer = await asyncio.wait_for(client.get("/"), timeout=2)
             assert answer.status_code == 500
+
+
+async def test_health_checks_are_not_queued() -> None:
+    gate = Gate()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/health":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+        else:
+            await gate(scope, receive, send)
+
+    limited = ConcurrencyLimitMiddleware(app, limit=1, exempt=frozenset({"/health"}))
+    transport = httpx.ASGITransport(app=limited)
+    async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+        busy = [asyncio.create_task(client.get(f"/{n}")) for n in range(3)]
+        await asyncio.sleep(0.05)
+        assert gate.running == 1
+        health = await asyncio.wait_for(client.get("/health"), timeout=2)
+        assert health.status_code == 200
+        gate.release.set()
+        await asyncio.gather(*busy)
+
+
+async def test_a_request_waiting_on_a_service_lends_its_slot() -> None:
+    """limit=1: /outer waits inside slot_released() for /inner, which needs the slot."""
+    inner_done = asyncio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/outer":
+            async with slot_released():
+                await asyncio.wait_for(inner_done.wait(), timeout=2)
+        else:
+            inner_done.set()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    transport = httpx.ASGITransport(app=ConcurrencyLimitMiddleware(app, limit=1))
+    async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+        outer = asyncio.create_task(client.get("/outer"))
+        await asyncio.sleep(0.05)
+        inner = await asyncio.wait_for(client.get("/inner"), timeout=2)
+        assert inner.status_code == 200
+        assert (await outer).status_code == 200
 
 
 def test_the_app_takes_its_limit_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

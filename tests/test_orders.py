@@ -6,7 +6,9 @@ as the single-process deployment does; separate services are tested in test_gate
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -111,6 +113,23 @@ async def test_an_order_is_totalled_by_the_server_and_paid(stack: Stack) -> None
     # And the order refunds through its payment.
     refund = await stack.client.post(f"/payments/{payment['id']}/refund", headers=alice)
     assert refund.json()["status"] == "refunded"
+
+
+async def test_orders_calling_their_own_app_cannot_starve_it(
+    pg: PostgresServer, cache_server: CacheServer
+) -> None:
+    """One request at a time per worker, and each order calls the same app twice: the order
+    gives its slot up while it waits on those calls (app/core/concurrency.py)."""
+    async with single_app(pg, cache_server, max_concurrent_requests=1) as one_slot:
+        alice = await register(one_slot.client, "alice")
+        started = time.perf_counter()
+        answers = await asyncio.gather(*(place(one_slot, alice) for _ in range(4)))
+        elapsed = time.perf_counter() - started
+    assert [a.status_code for a in answers] == [201] * 4, [a.text for a in answers]
+    assert {a.json()["status"] for a in answers} == {"confirmed"}
+    # Holding the slot, the first order would wait for its users call until the service
+    # timeout (5 s) and fail; released, all four take a fraction of that.
+    assert elapsed < one_slot.settings.service_timeout, elapsed
 
 
 async def test_a_declined_payment_fails_the_order_and_keeps_it(

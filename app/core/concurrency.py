@@ -14,6 +14,8 @@ costs them latency (which they would have paid anyway, the CPU is the limit) but
 timeout inside the app measures it, and the worker's work in progress stays small. Nothing
 is refused: a 503 would only move the retry to the client.
 
+Health checks and metrics scrapes are not queued: under overload they must still answer.
+
 The bound should stay at or below ``APP_CACHE_MAX_CONNECTIONS`` (a request beyond that
 skips the cache) and well above what the slowest dependency needs in flight to keep the
 worker busy (orders waiting on payments over HTTP hold their slot while they wait).
@@ -22,18 +24,65 @@ worker busy (orders waiting on payments over HTTP hold their slot while they wai
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 
-class ConcurrencyLimitMiddleware:
-    """Pure ASGI: HTTP requests take a slot for their whole life; lifespan and others pass."""
+class _Slot:
+    """One request's place among the limit: held, given back while it waits on a service."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self._slots = slots
+        self.held = False
+
+    async def acquire(self) -> None:
+        await self._slots.acquire()
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self._slots.release()
+
+
+_current_slot: ContextVar[_Slot | None] = ContextVar("webstack_request_slot", default=None)
+
+
+@asynccontextmanager
+async def slot_released() -> AsyncIterator[None]:
+    """Give the request's slot to another while this one waits on another service.
+
+    An order waits on the users and payments services; in the single-app deployment those
+    are this very app, whose requests need slots too. Holding the slot across the call
+    would let a crowd of orders take every slot and wait for calls that cannot start.
+    Waiting on another service costs this worker no CPU, so nothing is lost by letting
+    someone else work meanwhile; the request queues again for a slot afterwards.
+    """
+    slot = _current_slot.get()
+    if slot is None or not slot.held:
+        yield
+        return
+    slot.release()
+    try:
+        yield
+    finally:
+        await slot.acquire()  # cancelled here, it holds nothing and the middleware frees nothing
+
+
+class ConcurrencyLimitMiddleware:
+    """Pure ASGI: HTTP requests take a slot for their whole life, except while they wait on
+    another service (:func:`slot_released`); ``exempt`` paths (health checks, metrics
+    scrapes), lifespan and other scopes pass straight through."""
+
+    def __init__(self, app: ASGIApp, limit: int, exempt: frozenset[str] = frozenset()) -> None:
         if limit < 1:
             raise ValueError("the concurrency limit must be at least 1")
         self.app = app
         self.limit = limit
+        self.exempt = exempt
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slots = asyncio.Semaphore(limit)
 
@@ -47,8 +96,14 @@ class ConcurrencyLimitMiddleware:
         return self._slots
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in self.exempt:
             await self.app(scope, receive, send)
             return
-        async with self._semaphore():
+        slot = _Slot(self._semaphore())
+        await slot.acquire()
+        token = _current_slot.set(slot)
+        try:
             await self.app(scope, receive, send)
+        finally:
+            _current_slot.reset(token)
+            slot.release()

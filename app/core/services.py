@@ -24,6 +24,8 @@ import anyio
 import httpx
 from opentelemetry.sdk.trace import TracerProvider
 
+from app.core.concurrency import slot_released
+
 
 class ServiceUnavailable(Exception):
     """The service could not be reached or did not answer in time."""
@@ -61,8 +63,9 @@ class ServiceClient:
         """``method path`` on behalf of the user whose bearer ``token`` is forwarded."""
         headers = {"Authorization": f"Bearer {token}", **kwargs.pop("headers", {})}
         try:
-            with anyio.fail_after(self.timeout):
-                return await self.client.request(method, path, headers=headers, **kwargs)
+            async with slot_released():  # not the worker's CPU: let another request work
+                with anyio.fail_after(self.timeout):
+                    return await self.client.request(method, path, headers=headers, **kwargs)
         except (httpx.TransportError, TimeoutError) as exc:
             raise ServiceUnavailable(
                 f"{method} {self.url}{path}: {type(exc).__name__} {exc}".rstrip()
