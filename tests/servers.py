@@ -338,8 +338,15 @@ class GunicornServer:
 
     def start(self) -> GunicornServer:
         with self.stdout.open("wb") as out, self.stderr.open("wb") as err:
+            # Its own session, so cleanup() can kill the workers too: killed alone, the
+            # master would leave them running, orphaned, on a deleted socket.
             self.process = subprocess.Popen(
-                self.command(), cwd=REPO_ROOT, env=self.env, stdout=out, stderr=err
+                self.command(),
+                cwd=REPO_ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
             )
         self.wait_for_workers(self.workers)
         return self
@@ -369,8 +376,9 @@ class GunicornServer:
         return self.process.returncode
 
     def cleanup(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)  # master and workers alike
             self.process.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
 
