@@ -46,6 +46,7 @@ type config struct {
 	timeout     time.Duration
 	bind        string   // source address for TCP, empty for any
 	requests    [][]byte // serialised requests; connection i starts at i % len
+	head        bool     // HEAD answers carry no body, whatever Content-Length says
 }
 
 // tally is what one connection saw; the run merges them at the end.
@@ -156,6 +157,7 @@ func parseFlags(args []string) (config, string, bool, error) {
 			return cfg, "", false, fmt.Errorf("-header %q: want 'Name: value'", h)
 		}
 	}
+	cfg.head = strings.EqualFold(*method, "HEAD")
 	for _, p := range paths {
 		if !strings.HasPrefix(p, "/") {
 			return cfg, "", false, fmt.Errorf("-path %q must start with /", p)
@@ -244,7 +246,7 @@ func connection(cfg config, id int, measureFrom, end time.Time, t *tally) {
 			closeConn()
 			continue
 		}
-		status, keepAlive, err := readResponse(in)
+		status, keepAlive, err := readResponse(in, cfg.head)
 		done := time.Now()
 		if err != nil {
 			t.errors[errorKind(err, "read")]++
@@ -280,9 +282,18 @@ func errorKind(err error, fallback string) string {
 
 var errMalformed = errors.New("malformed response")
 
-// readResponse reads one response and discards its body. It returns the status and whether
-// the connection may carry another request.
-func readResponse(in *bufio.Reader) (int, bool, error) {
+// readResponse reads one final response (skipping interim 1xx ones) and discards its body.
+// It returns the status and whether the connection may carry another request.
+func readResponse(in *bufio.Reader, head bool) (int, bool, error) {
+	for {
+		status, keepAlive, err := readOne(in, head)
+		if err != nil || status >= 200 || status == 101 {
+			return status, keepAlive, err
+		}
+	}
+}
+
+func readOne(in *bufio.Reader, head bool) (int, bool, error) {
 	line, err := in.ReadSlice('\n')
 	if err != nil {
 		return 0, false, err
@@ -320,16 +331,18 @@ func readResponse(in *bufio.Reader) (int, bool, error) {
 		case bytes.EqualFold(name, []byte("Transfer-Encoding")):
 			chunked = bytes.Contains(bytes.ToLower(value), []byte("chunked"))
 		case bytes.EqualFold(name, []byte("Connection")):
-			switch strings.ToLower(string(value)) {
-			case "close":
-				keepAlive = false
-			case "keep-alive":
-				keepAlive = true
+			for _, token := range strings.Split(strings.ToLower(string(value)), ",") {
+				switch strings.TrimSpace(token) {
+				case "close":
+					keepAlive = false
+				case "keep-alive":
+					keepAlive = true
+				}
 			}
 		}
 	}
 	switch {
-	case status == 204 || status == 304 || status < 200:
+	case head || status == 204 || status == 304 || status < 200:
 		// no body
 	case chunked:
 		if err := discardChunked(in); err != nil {

@@ -168,6 +168,29 @@ func TestUnansweredRequestTimesOut(t *testing.T) {
 	}
 }
 
+func TestHeadAnswersAndInterimResponses(t *testing.T) {
+	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet {
+			w.Header().Set("Link", "</style.css>; rel=preload")
+			w.WriteHeader(http.StatusEarlyHints) // a 103 before the real answer
+		}
+		w.Header().Set("Content-Length", "4") // for HEAD too, with no body after it
+		w.WriteHeader(http.StatusOK)
+		if r.Method == http.MethodGet {
+			w.Write([]byte("body"))
+		}
+	}))
+	defer server.Close()
+
+	for _, method := range []string{"HEAD", "GET"} {
+		report := run(mustParse(t, "-target", tcpTarget(server), "-method", method, "-c", "2",
+			"-d", "200ms", "-warmup", "0s", "-timeout", "1s"))
+		if report.Requests == 0 || report.ErrorsTotal != 0 || report.Statuses["200"] != report.Requests {
+			t.Fatalf("%s: want only 200s and no errors, got %+v", method, report)
+		}
+	}
+}
+
 func TestBadFlagsAreRefused(t *testing.T) {
 	for _, args := range [][]string{
 		{"-target", "127.0.0.1:8080"},
