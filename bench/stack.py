@@ -20,9 +20,11 @@ limits (``nginx_rate_limit_exempt``); a last short run from 127.0.0.2, which is 
 shows the limits answering 429. Any transport error or unexpected status in a throughput run,
 or a limits run without 429s, makes the exit status 1.
 
-Everything the run adds is removed at the end: the transient ``webstack-bench-uvicorn`` unit,
-its environment file and the nginx server (nginx is validated with ``nginx -t`` before each
-reload). The items it creates stay in the sandbox's database (named ``bench``).
+What the run adds is removed at the end: the transient ``webstack-bench-uvicorn`` unit, its
+environment file (a copy of the app's settings, secrets included, kept on tmpfs under /run
+and readable by root only) and the nginx server (nginx is validated with ``nginx -t``
+before each reload). The load generator stays in /var/lib/webstack-bench for the next run,
+and the items it creates stay in the sandbox's database (named ``bench``).
 
 The load generator shares the host's cores with nginx, the app, PostgreSQL, Valkey and the
 collector; its own CPU time is printed beside each row so the numbers can be read with that in
@@ -48,6 +50,8 @@ from typing import Any
 PROJECT = Path(__file__).resolve().parent.parent
 TESTBED_KEY = Path("/var/lib/webstack-testbed/ssh/id_ed25519")
 REMOTE_DIR = "/var/lib/webstack-bench"
+# The uvicorn unit's settings hold the app's secrets: on tmpfs, gone at the latest on reboot.
+SECRETS_DIR = "/run/webstack-bench"
 BENCH_UNIT = "webstack-bench-uvicorn"
 BENCH_PORT = 8081
 SEED_PORT = 8000
@@ -112,12 +116,14 @@ def build_loadgen(directory: Path) -> Path:
     if go is None:
         raise BenchError("Go is needed to build tools/loadgen (scripts/bootstrap.sh checks for it)")
     output = directory / "loadgen"
-    subprocess.run(
+    built = subprocess.run(
         [go, "build", "-trimpath", "-o", str(output), "."],
         cwd=PROJECT / "tools" / "loadgen",
         env={**os.environ, "CGO_ENABLED": "0"},
-        check=True,
+        check=False,
     )
+    if built.returncode != 0:
+        raise BenchError("go build of tools/loadgen failed (its errors are above)")
     return output
 
 
@@ -200,11 +206,12 @@ print(json.dumps(ids))
 
     def start_seed_topology(self) -> None:
         o = self.options
-        env_file = f"{REMOTE_DIR}/uvicorn.env"
+        env_file = f"{SECRETS_DIR}/uvicorn.env"
         # The app's settings, but its own Prometheus directory: two servers must not share one.
         self.host.run(
             f"""
 umask 077
+mkdir -p {SECRETS_DIR}
 grep -hv '^PROMETHEUS_MULTIPROC_DIR=' {o.env_dir}/app.env {o.env_dir}/service-app.env > {env_file}
 echo 'PROMETHEUS_MULTIPROC_DIR=/run/{BENCH_UNIT}' >> {env_file}
 systemd-run --unit {BENCH_UNIT} --collect --property Type=exec \
@@ -244,7 +251,7 @@ if [ -e {self.conf_file} ]; then
   {self.nginx} -t -q && systemctl reload nginx
 fi
 systemctl stop {BENCH_UNIT} 2>/dev/null || true
-rm -f {REMOTE_DIR}/uvicorn.env
+rm -rf {SECRETS_DIR}
 """,
             check=False,
         )
@@ -388,6 +395,9 @@ def main() -> int:
         for endpoint in endpoints(item_ids):
             a, b, c = (float(median[(endpoint.key, t)]["rps"]) for t in "abc")
             goals = "  (goals: (a)/(b) >= 1.25, (a)/(c) >= 0.85)" if endpoint.key == "get" else ""
+            if not b or not c:  # a run without one answer: its errors are listed above
+                print(f"{endpoint.label:<34} no ratio: a baseline answered nothing")
+                continue
             print(f"{endpoint.label:<34} (a)/(b) {a / b:.2f}   (a)/(c) {a / c:.2f}{goals}")
 
         limited = bench.load(
