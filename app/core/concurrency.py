@@ -83,14 +83,14 @@ class ConcurrencyLimitMiddleware:
         self.app = app
         self.limit = limit
         self.exempt = exempt
+        # Made on first use: a semaphore belongs to the loop that first waits on it, and
+        # tests run one app on several loops in turn (a worker on one).
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._slots = asyncio.Semaphore(limit)
+        self._slots: asyncio.Semaphore | None = None
 
     def _semaphore(self) -> asyncio.Semaphore:
-        # A semaphore belongs to the loop that first waits on it; tests run one app on
-        # several loops in turn, a worker on one.
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:
+        if self._slots is None or loop is not self._loop:
             self._loop = loop
             self._slots = asyncio.Semaphore(self.limit)
         return self._slots
