@@ -359,7 +359,7 @@ def main() -> int:
         bench.preflight()
         with tempfile.TemporaryDirectory() as scratch:
             bench.install_loadgen(build_loadgen(Path(scratch)))
-        item_ids = bench.seed_items()
+        measured = endpoints(bench.seed_items())
         bench.start_seed_topology()
         cores = host.run("nproc").strip()
         print(
@@ -369,7 +369,7 @@ def main() -> int:
         )
         results: dict[tuple[str, str], list[LoadResult]] = {}
         for _ in range(options.rounds):
-            for endpoint in endpoints(item_ids):
+            for endpoint in measured:
                 for topology in topologies:
                     result = bench.load(
                         topology.target,
@@ -383,7 +383,7 @@ def main() -> int:
 
         print(f"  {'':<44} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'gen CPU':>8}")
         median: dict[tuple[str, str], LoadResult] = {}
-        for endpoint in endpoints(item_ids):
+        for endpoint in measured:
             print(endpoint.label)
             for topology in topologies:
                 runs = sorted(results[(endpoint.key, topology.key)], key=lambda r: float(r["rps"]))
@@ -392,7 +392,7 @@ def main() -> int:
                 for bad in (r for r in runs if not clean(r)):
                     print(f"    errors: {bad['errors']} statuses: {bad['statuses']}")
         print()
-        for endpoint in endpoints(item_ids):
+        for endpoint in measured:
             a, b, c = (float(median[(endpoint.key, t)]["rps"]) for t in "abc")
             goals = "  (goals: (a)/(b) >= 1.25, (a)/(c) >= 0.85)" if endpoint.key == "get" else ""
             if not b or not c:  # a run without one answer: its errors are listed above
@@ -402,7 +402,7 @@ def main() -> int:
 
         limited = bench.load(
             "http://127.0.0.1:8080",
-            endpoints(item_ids)[0].args,
+            measured[0].args,
             connections=200,
             duration=5,
             warmup=0,
