@@ -19,11 +19,13 @@ connections 32 at a time so two busy workers share them evenly, with a shutdown 
 answers requests accepted just before a reload instead of closing their connections.
 ``APP_CONTROL_SOCKET`` enables Gunicorn's control socket at that path (off by default).
 
-Client addresses: nginx reaches the app over a Unix socket, whose peer has no IP, so the
-proxy headers are trusted from any peer (``forwarded_allow_ips = "*"``). That is safe only
-because the socket's mode lets nobody but nginx connect. uvicorn then takes the *first*
-``X-Forwarded-For`` entry, so nginx must overwrite the header (``$remote_addr``) rather
-than append to what the client sent (``$proxy_add_x_forwarded_for``).
+Client addresses: nginx reaches the app over a Unix socket, whose peer has no IP, or from
+another host over TCP. The proxy headers are believed from the Unix socket (its mode lets
+nobody but nginx connect) and from the addresses in ``APP_FORWARDED_ALLOW_IPS`` (comma
+separated addresses or networks: the proxies on other hosts; default none), never from
+another peer (see ``app/worker.py``). The *first* ``X-Forwarded-For`` entry is taken, so
+nginx must overwrite the header (``$remote_addr``) rather than append to what the client
+sent (``$proxy_add_x_forwarded_for``).
 
 Logs: the access log goes to stdout and everything else to stderr, for journald.
 
@@ -70,7 +72,8 @@ keepalive = int(_env("APP_KEEPALIVE", "75"))
 max_requests = int(_env("APP_MAX_REQUESTS", "100000"))
 max_requests_jitter = int(_env("APP_MAX_REQUESTS_JITTER", "10000"))
 
-forwarded_allow_ips = "*"
+# Unix socket peers are always believed (app/worker.py); TCP peers only when listed here.
+forwarded_allow_ips = _env("APP_FORWARDED_ALLOW_IPS", "")
 
 # Gunicorn's control socket (for `gunicornc`) would default to $HOME/.gunicorn/; the unit
 # needs only signals (HUP reloads, TERM stops), so it is off unless a path is given.

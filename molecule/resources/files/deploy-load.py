@@ -4,13 +4,21 @@
 Runs on the test host (stdlib only), started by the side_effect playbook as a transient
 systemd unit before it re-deploys, so the requests cross the deploy exactly as a client's
 would. Each of --clients keeps one HTTP/1.1 keep-alive connection to --target and loops
-GET /health, GET /api/items, POST /api/items, GET /api/items/{id} until it gets SIGTERM
+GET /health, GET /api/items, POST /api/items, GET /api/items/{id} and each --get path in
+turn until it gets SIGTERM
 (the playbook stops it once the deploys are done), --seconds pass or --max-requests are
 sent. A request fails if it gets no complete response or a 5xx.
 Results go to --out as JSON.
 
+Like any HTTP/1.1 client (RFC 9112, 9.3.1), it sends a request again, once, on a new
+connection when a kept-alive connection was closed before any byte of the answer came
+back: a server may close an idle connection (nginx does on every reload) just as the next
+request leaves, and such a request was never read. These are counted apart ("resent"), not
+as failures. Every POST carries an Idempotency-Key, the same when it is resent.
+
   deploy-load.py --target 127.0.0.1:8080 --seconds 60 --out /var/tmp/deploy-load.json
   deploy-load.py --target unix:/run/webstack/app.sock ...
+  deploy-load.py ... --get /users/openapi.json --get /orders/openapi.json
 """
 
 from __future__ import annotations
@@ -22,7 +30,11 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from collections import Counter
+
+# What a closed kept-alive connection looks like when no answer had started.
+CLOSED_UNANSWERED = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -52,6 +64,7 @@ def client(
     budget: list[int],
 ) -> None:
     conn = connect(args.target, args.timeout)
+    answered = 0  # answers on the current connection: a closed fresh one is never resent
     item_id = None
     step = 0
     while time.monotonic() < deadline and not stop.is_set():
@@ -60,28 +73,51 @@ def client(
                 return
             budget[0] -= 1
         step += 1
-        if step % 4 == 0:
+        turn = step % (4 + len(args.get))
+        if turn == 0:
             method, path, body = "POST", "/api/items", json.dumps({"name": f"deploy-{step}"})
-        elif step % 4 == 1 and item_id is not None:
+        elif turn == 1 and item_id is not None:
             method, path, body = "GET", f"/api/items/{item_id}", None
-        elif step % 4 == 2:
+        elif turn == 2:
             method, path, body = "GET", "/api/items?limit=5", None
+        elif turn >= 4:
+            method, path, body = "GET", args.get[turn - 4], None
         else:
             method, path, body = "GET", "/health", None
-        headers = {"Content-Type": "application/json"} if body else {}
-        try:
-            conn.request(method, path, body=body, headers=headers)
-            response = conn.getresponse()
-            payload = response.read()
-            status = response.status
-            if method == "POST" and status == 201:
-                item_id = json.loads(payload)["id"]
-            if response.getheader("Connection", "").lower() == "close":
+        headers = (
+            {"Content-Type": "application/json", "Idempotency-Key": uuid.uuid4().hex}
+            if body
+            else {}
+        )
+        for attempt in (1, 2):
+            answer_started = False
+            try:
+                conn.request(method, path, body=body, headers=headers)
+                response = conn.getresponse()
+                answer_started = True
+                payload = response.read()
+                status = response.status
+                answered += 1
+                if method == "POST" and status == 201:
+                    item_id = json.loads(payload)["id"]
+                if response.getheader("Connection", "").lower() == "close":
+                    conn.close()
+                    answered = 0
+                break
+            except (OSError, http.client.HTTPException) as exc:
+                status = f"error:{type(exc).__name__}"
+                reused = answered > 0
                 conn.close()
-        except (OSError, http.client.HTTPException) as exc:
-            status = f"error:{type(exc).__name__}"
-            conn.close()
-            conn = connect(args.target, args.timeout)
+                conn = connect(args.target, args.timeout)
+                answered = 0
+                unanswered = not answer_started and isinstance(exc, CLOSED_UNANSWERED)
+                if attempt == 1 and reused and unanswered:
+                    with lock:
+                        stats_resent.append(
+                            {"t": round(time.time(), 3), "req": f"{method} {path}", "error": status}
+                        )
+                    continue
+                break
         with lock:
             stats[str(status)] += 1
             if str(status).startswith(("5", "error")):
@@ -91,6 +127,7 @@ def client(
 
 
 stats_failures: list[dict[str, object]] = []
+stats_resent: list[dict[str, object]] = []
 stop = threading.Event()
 
 
@@ -102,6 +139,7 @@ def main() -> None:
     parser.add_argument("--max-requests", type=int, default=200_000)
     parser.add_argument("--timeout", type=float, default=30)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--get", action="append", default=[], help="another path to GET")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
 
@@ -127,6 +165,8 @@ def main() -> None:
         "failures": failures,
         "by_status": dict(stats),
         "first_failures": stats_failures[:20],
+        "resent": len(stats_resent),
+        "first_resent": stats_resent[:20],
     }
     with open(args.out, "w") as out:
         json.dump(result, out, indent=2)

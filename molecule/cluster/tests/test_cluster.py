@@ -1,0 +1,190 @@
+"""The stack spread over several hosts: balancing, rolling deploys, an outage, scale-out,
+--limit and --tags, and who may reach what."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+from conftest import APP_HOSTS, SERVICES, address, load_json, recap, service_requests
+
+# One public path per service, answered by the service itself.
+SERVICE_PATHS = {
+    "app": "/api/items?limit=1",
+    "users": "/users/openapi.json",
+    "orders": "/orders/openapi.json",
+    "payments": "/payments/openapi.json",
+}
+
+
+@pytest.fixture(scope="module")
+def tally(hosts) -> dict:
+    result = hosts["proxy1"].file("/var/tmp/deploy-load.json")
+    assert result.exists, "no tally: run `molecule side-effect -s cluster` before verify"
+    return json.loads(result.content_string)
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_the_proxy_balances_every_service_over_every_app_host(hosts, service):
+    before = {name: service_requests(hosts[name], service) for name in APP_HOSTS}
+    proxy = hosts["proxy1"]
+    url = f"http://127.0.0.1:8080{SERVICE_PATHS[service]}"
+    statuses = proxy.check_output(
+        f"for i in $(seq 60); do curl -s -o /dev/null -w '%{{http_code}}\\n' {shlex.quote(url)};"
+        " done | sort | uniq -c"
+    )
+    assert statuses.split() == ["60", "200"], statuses
+    served = {name: service_requests(hosts[name], service) - before[name] for name in APP_HOSTS}
+    # Round robin over three hosts: each takes about a third; none is left out.
+    assert all(count >= 10 for count in served.values()), served
+    assert sum(served.values()) >= 60, served
+
+
+def test_every_upstream_lists_every_app_host(hosts):
+    proxy = hosts["proxy1"]
+    with proxy.sudo():
+        for service in SERVICES:
+            for name in APP_HOSTS:
+                member = proxy.file(f"/etc/nginx/upstreams/{service}/{name}.conf")
+                assert member.exists, f"{name} missing from {service}'s upstream"
+                target = f"{address(hosts[name])}:"
+                assert target in member.content_string
+            leftovers = proxy.run(f"ls /etc/nginx/upstreams/{service}/ | grep -v '.conf$'")
+            assert leftovers.stdout == "", "a drained member was never put back"
+
+
+def test_no_request_failed_during_the_rollout_and_the_outage(tally):
+    assert tally["requests"] >= 1000, tally
+    assert tally["failures"] == 0, json.dumps(tally, indent=2)
+
+
+def test_the_outage_lasted_and_was_carried_by_the_other_host(recorded, tally):
+    outage = load_json(recorded / "outage.json")
+    print(f"outage: {outage}; traffic: {tally['requests']} requests, {tally['by_status']}")
+    assert outage["in_flight_at_stop"] >= 0
+    assert outage["stopped"] < outage["started"]
+    assert tally["started"] < tally["finished"]
+
+
+def _started_at(host, service: str) -> int:
+    return int(
+        host.check_output(
+            f"systemctl show webstack-{service}.service --property ExecMainStartTimestampMonotonic"
+            " --value"
+        )
+    )
+
+
+def test_app_hosts_restart_one_after_the_other(hosts):
+    # The hosts share one kernel, hence one monotonic clock. The last deploy restarted
+    # app1 and app2 (a unit change); app3's services started once, later.
+    app1 = [_started_at(hosts["app1"], service) for service in SERVICES]
+    app2 = [_started_at(hosts["app2"], service) for service in SERVICES]
+    assert max(app1) < min(app2), (app1, app2)
+
+
+def test_the_new_release_runs_everywhere(hosts):
+    for name in APP_HOSTS:
+        with hosts[name].sudo():
+            assert hosts[name].file("/opt/webstack/app/main.py").contains("cluster-side-effect")
+
+
+def test_limit_touches_only_the_host_it_names(recorded):
+    ran = recap((recorded / "limited.log").read_text())
+    assert set(ran) == {"app2"}, ran
+    assert ran["app2"]["failed"] == 0
+    assert load_json(recorded / "markers-app2.json") == ["APP_LIMIT_MARK='limited'"]
+    assert load_json(recorded / "markers-app1.json") == []
+
+
+def test_tags_touch_only_the_component_they_name(recorded):
+    ran = recap((recorded / "tagged.log").read_text())
+    assert ran["proxy1"]["changed"] >= 1, ran
+    assert all(counts["changed"] == 0 for name, counts in ran.items() if name != "proxy1"), ran
+    assert "keepalive_requests 999;" in " ".join(load_json(recorded / "markers-proxy1.json"))
+    for name in ("app1", "app2"):
+        assert not any(
+            "APP_TAGS_MARK" in line for line in load_json(recorded / f"markers-{name}.json")
+        )
+
+
+PG_PROBE = r"""
+import socket, struct, sys
+sock = socket.create_connection((sys.argv[1], 5432), timeout=5)
+params = b"user\0appuser\0database\0appdb\0\0"
+sock.sendall(struct.pack("!ii", 8 + len(params), 196608) + params)
+kind = sock.recv(1)
+body = sock.recv(4096)
+print(kind.decode(), body.decode(errors="replace"))
+"""
+
+
+def _pg_answer(host, db_address: str) -> str:
+    return host.check_output(f"python3 -c {shlex.quote(PG_PROBE)} {db_address}")
+
+
+def test_postgresql_asks_app_hosts_for_a_password_and_refuses_others(hosts):
+    db = address(hosts["db1"])
+    # 'R': an authentication request (SCRAM), the server is willing to talk to this host.
+    assert _pg_answer(hosts["app1"], db).startswith("R")
+    refused = _pg_answer(hosts["cache1"], db)
+    assert refused.startswith("E") and "no pg_hba.conf entry" in refused, refused
+    refused = _pg_answer(hosts["proxy1"], db)
+    assert refused.startswith("E") and "no pg_hba.conf entry" in refused, refused
+
+
+def test_the_app_user_logs_in_from_an_app_host(hosts, secret):
+    db = address(hosts["db1"])
+    script = (
+        "import asyncio, asyncpg, sys\n"
+        "async def main():\n"
+        "    conn = await asyncpg.connect(host=sys.argv[1], user='appuser', database='appdb',"
+        " password=sys.argv[2])\n"
+        "    print(await conn.fetchval('select 1'))\n"
+        "asyncio.run(main())\n"
+    )
+    password = secret("postgresql_app_password")
+    out = hosts["app3"].check_output(
+        f"/opt/webstack/venv/bin/python -c {shlex.quote(script)} {db} {shlex.quote(password)}"
+    )
+    assert out.strip() == "1"
+
+
+VALKEY_PING = r"""
+import socket, sys
+sock = socket.create_connection((sys.argv[1], 6379), timeout=5)
+password = sys.argv[2].encode()
+sock.sendall(b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n*1\r\n$4\r\nPING\r\n" % (len(password), password))
+print(sock.recv(64).decode())
+"""
+
+
+@pytest.mark.parametrize("name", APP_HOSTS)
+def test_valkey_and_the_collector_answer_app_hosts(hosts, secret, name):
+    cache = address(hosts["cache1"])
+    host = hosts[name]
+    out = host.check_output(
+        f"python3 -c {shlex.quote(VALKEY_PING)} {cache} {shlex.quote(secret('valkey_password'))}"
+    )
+    assert out.split() == ["+OK", "+PONG"], out
+    assert (
+        host.check_output(f"curl -s -o /dev/null -w '%{{http_code}}' http://{cache}:13133/")
+        == "200"
+    )
+    assert host.run(f"timeout 5 bash -c '</dev/tcp/{cache}/4317'").rc == 0
+
+
+def test_services_listen_on_the_private_address_only(hosts):
+    for name in APP_HOSTS:
+        host = hosts[name]
+        private = address(host)
+        for port in (8000, 8001, 8002, 8003):
+            assert host.socket(f"tcp://{private}:{port}").is_listening
+            assert not host.socket(f"tcp://0.0.0.0:{port}").is_listening
+    db1 = hosts["db1"]
+    assert db1.socket(f"tcp://{address(db1)}:5432").is_listening
+    cache1 = hosts["cache1"]
+    assert cache1.socket(f"tcp://{address(cache1)}:6379").is_listening
+    assert cache1.socket(f"tcp://{address(cache1)}:4317").is_listening
+    assert not cache1.socket("tcp://0.0.0.0:4317").is_listening
