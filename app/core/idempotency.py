@@ -25,9 +25,12 @@ a retry of it runs again. A request without the header runs as before, without
 deduplication: through nginx every request has one (the client's, or ``$request_id``).
 
 A write joins the key's transaction through :func:`unit_of_work` (a service opens its
-sessions with it), and defers what must follow the commit (cache invalidation) with
-:func:`after_commit`. Orders span an HTTP call to payments and cannot be one
-transaction: they use :func:`claim` and :func:`store` themselves (``app/orders``).
+write sessions with it), and defers what must follow the commit (cache invalidation) with
+:func:`after_commit`. The transaction, and the key's claim, begin at the request's first
+write: what a handler does before (ask another service, hash a password) holds no
+database connection, and a retry finds the earlier answer at that point. Orders span an
+HTTP call to payments and cannot be one transaction: they use :func:`claim` and
+:func:`store` themselves (``app/orders``).
 
 Stored answers expire after ``APP_IDEMPOTENCY_TTL`` seconds (24 h): an expired key is
 free again, and a task in each worker deletes expired rows by the ``created_at`` index,
@@ -243,8 +246,37 @@ def replay(record: IdempotencyRecord) -> Response:
 
 @dataclass
 class _Transaction:
-    session: AsyncSession
+    """A keyed request's write transaction, begun (and the key claimed) at its first write,
+    so that what a handler does before writing (calls to other services, password hashes)
+    holds no connection."""
+
+    sessions: async_sessionmaker[AsyncSession]
+    keyed: KeyedRequest
+    ttl: int
+    session: AsyncSession | None = None
+    record_id: int | None = None
     after_commit: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    async def begin(self) -> AsyncSession:
+        if self.session is None:
+            self.session = self.sessions()
+            claimed = await claim(self.session, self.keyed, self.ttl)
+            if claimed.record is not None:
+                raise _Answered(claimed.record)
+            self.record_id = claimed.record_id
+        return self.session
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()  # rolls back whatever was not committed
+
+
+class _Answered(Exception):  # not an error: the request was answered before
+    """Raised at a keyed request's first write when its key has an earlier record."""
+
+    def __init__(self, record: IdempotencyRecord) -> None:
+        super().__init__("answered before")
+        self.record = record
 
 
 _current: ContextVar[_Transaction | None] = ContextVar("webstack_write_transaction", default=None)
@@ -256,8 +288,9 @@ async def unit_of_work(sessions: async_sessionmaker[AsyncSession]) -> AsyncItera
     (flushed here, committed with the key), else a session of its own, committed here."""
     current = _current.get()
     if current is not None:
-        yield current.session
-        await current.session.flush()
+        session = await current.begin()
+        yield session
+        await session.flush()
         return
     async with sessions() as session:
         yield session
@@ -346,29 +379,61 @@ async def run_once(
     if key is None:
         return await handler(request)
     keyed = await keyed_request(request, await principal_of(request), key)
-    state = request.app.state
-    settings: Settings = state.settings
-    async with state.sessionmaker() as session:
-        claimed = await claim(session, keyed, settings.idempotency_ttl)
-        if not claimed.new:
-            assert claimed.record is not None
-            if claimed.record.status_code is None:
-                raise HTTPException(
-                    status.HTTP_409_CONFLICT,
-                    detail="a request with this Idempotency-Key is still in progress",
-                )
-            return replay(claimed.record)
-        transaction = _Transaction(session)
+    settings: Settings = request.app.state.settings
+    transaction = _Transaction(request.app.state.sessionmaker, keyed, settings.idempotency_ttl)
+    try:
         with _joined(transaction):
-            response = await handler(request)
+            try:
+                response = await handler(request)
+            except _Answered as answered:
+                if answered.record.status_code is None:
+                    raise HTTPException(
+                        status.HTTP_409_CONFLICT,
+                        detail="a request with this Idempotency-Key is still in progress",
+                    ) from None
+                return replay(answered.record)
+            except Exception:
+                if transaction.session is None and (earlier := await _answered(transaction)):
+                    return earlier
+                raise
+        session = transaction.session
         if not 200 <= response.status_code < 300:
-            await session.rollback()  # whatever it wrote goes, and so does the key
+            # Whatever it wrote goes (close rolls back), and so does the key.
+            if session is None and (earlier := await _answered(transaction)):
+                return earlier
             return response
-        await store(session, claimed.record_id, response)
+        if session is None:
+            return response  # it wrote nothing: nothing to keep
+        assert transaction.record_id is not None
+        await store(session, transaction.record_id, response)
         await session.commit()
+    finally:
+        await transaction.close()
     for callback in transaction.after_commit:
         await callback()
     return response
+
+
+async def _answered(transaction: _Transaction) -> Response | None:
+    """The stored answer to this very request, if an earlier attempt has one by now.
+
+    A request refused before its first write by a pre-check ("username already taken")
+    may be the retry of the one that made that state: the earlier answer wins.
+    """
+    keyed = transaction.keyed
+    cutoff = datetime.now(UTC) - timedelta(seconds=transaction.ttl)
+    async with transaction.sessions() as session:
+        record = await session.scalar(
+            select(IdempotencyRecord).where(
+                IdempotencyRecord.principal == keyed.principal,
+                IdempotencyRecord.route == keyed.route,
+                IdempotencyRecord.key == keyed.key,
+                IdempotencyRecord.fingerprint == keyed.fingerprint,
+                IdempotencyRecord.status_code.is_not(None),
+                IdempotencyRecord.created_at >= cutoff,
+            )
+        )
+    return None if record is None else replay(record)
 
 
 # --- Expiry ---------------------------------------------------------------------------

@@ -93,7 +93,8 @@ class OrderService(OwnedRows[Order]):
                     if claimed.record.status_code is not None:
                         return idempotency.replay(claimed.record)
                     # Committed with its key earlier, not answered yet: resume it.
-                    order = await session.get(Order, claimed.record.resource_id)
+                    order_id = claimed.record.resource_id
+                    order = None if order_id is None else await session.get(Order, order_id)
                     if order is None or order.user_id != caller.user_id:
                         raise HTTPException(
                             status.HTTP_409_CONFLICT,

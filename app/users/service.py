@@ -60,8 +60,9 @@ class UserService:
 
     async def register(self, data: UserCreate) -> User:
         # Checked first so that a taken name costs no hash; the unique constraints still
-        # decide when two registrations race.
-        async with unit_of_work(self.sessions) as session:
+        # decide when two registrations race. A read: it does not open the write (and
+        # hold a connection through the hash).
+        async with self.sessions() as session:
             taken = (
                 await session.execute(
                     select(User.email, User.username).where(
