@@ -237,8 +237,8 @@ class Server(GunicornServer):
 
 
 @contextlib.contextmanager
-def gunicorn(env: dict[str, str]) -> Iterator[Server]:
-    server = Server({**env, "OTEL_SDK_DISABLED": "true"}, workers=1)
+def gunicorn(env: dict[str, str], workers: int = 1) -> Iterator[Server]:
+    server = Server({**env, "OTEL_SDK_DISABLED": "true"}, workers=workers)
     try:
         yield server.start()
     finally:
@@ -317,6 +317,58 @@ async def test_a_worker_killed_after_its_commit_is_answered_from_the_key(
                 assert await db.count("items") == 1
     finally:
         cache.stop(remove=True)
+
+
+async def test_killed_workers_under_load_double_nothing(
+    pg: PostgresServer, cache_server: CacheServer
+) -> None:
+    """The drill that found the defect: writes under load while the workers are killed,
+    each broken request resent with its key as nginx does. Every key is one row, and
+    every client got the answer of that row."""
+    name = pg.create_database()
+    env = clean_env(**pg.env(name), **cache_server.env(db=6))
+    keys = [f"load-{n:04d}" for n in range(240)]
+    pending = list(reversed(keys))
+    answers: dict[str, dict[str, Any]] = {}
+    resent = 0
+
+    with gunicorn(env, workers=2) as server:
+
+        async def client_loop() -> None:
+            nonlocal resent
+            async with server.client() as client:
+                while pending:
+                    key = pending.pop()
+                    while True:
+                        try:
+                            response = await client.post(
+                                "/api/items", json={"name": key}, headers={"Idempotency-Key": key}
+                            )
+                            break
+                        except httpx.TransportError:
+                            resent += 1
+                            await asyncio.sleep(0.05)
+                    assert response.status_code == 201, response.text
+                    answers[key] = response.json()
+
+        async def killer() -> None:
+            started = server.workers
+            for _ in range(3):
+                await asyncio.sleep(0.4)
+                if not pending:
+                    break
+                started = server.kill_workers()
+                await asyncio.to_thread(server.wait_for_workers, started)
+
+        await asyncio.gather(killer(), *(client_loop() for _ in range(8)))
+        async with database(pg, name) as db:
+            found = await db.sql("SELECT id, name FROM items")
+    print(f"{len(keys)} writes, {resent} resent after a killed worker")
+    assert resent > 0, "no request was in flight when a worker died: nothing was proven"
+    assert len(found) == len(keys)  # none doubled...
+    rows = {row[1]: row[0] for row in found}
+    assert set(rows) == set(keys)  # ... none lost
+    assert {key: answer["id"] for key, answer in answers.items()} == rows
 
 
 HOLD_ORDER_UPDATES = """
