@@ -293,8 +293,7 @@ async def test_the_seed_payment_of_ones_own_order(stack: Stack) -> None:
 async def test_a_pending_order_is_paid_once_and_a_failed_one_not_at_all(stack: Stack) -> None:
     alice = await register(stack.client, "alice")
     await stack.api.sql(
-        "INSERT INTO orders (user_id, status, total_amount) VALUES (1, 'pending', 5), "
-        "(1, 'failed', 5)"
+        "INSERT INTO orders (user_id, status, total) VALUES (1, 'pending', 5), (1, 'failed', 5)"
     )
     body = {"order_id": 1, "amount": "5.00"}
     first = await stack.client.post("/payments", json=body, headers=alice)

@@ -103,12 +103,12 @@ async def test_migrations_build_every_domain_and_adopt_create_all(
     assert "CREATE TABLE payments" in sql.stdout
     assert "CONSTRAINT ck_payments_status CHECK" in sql.stdout
     assert "CONSTRAINT uq_payments_user_id_idempotency_key UNIQUE" in sql.stdout
-    assert "ALTER TABLE orders RENAME total TO total_amount" in sql.stdout
+    assert "ALTER TABLE orders ADD COLUMN currency VARCHAR(3) DEFAULT 'USD' NOT NULL" in sql.stdout
     assert "CREATE TABLE idempotency_keys" in sql.stdout
 
 
 def test_0003_carries_existing_rows_over(pg: PostgresServer) -> None:
-    """Rows written at 0002 keep their values under the seed's names, with the defaults."""
+    """Rows written at 0002 keep their values, with the new columns' defaults."""
     database = pg.create_database()
     url = DatabaseSettings(
         **{k.removeprefix("APP_").lower(): v for k, v in pg.env(database).items()}
@@ -128,9 +128,8 @@ def test_0003_carries_existing_rows_over(pg: PostgresServer) -> None:
     command.upgrade(config, "head")
     rows = {
         "users": "SELECT username, is_active FROM users",
-        "orders": "SELECT id, status, total_amount, currency, payment_method, payment_id "
-        "FROM orders",
-        "order_items": "SELECT product_name, quantity, price, line_total FROM order_items",
+        "orders": "SELECT id, status, total, currency, payment_method, payment_id FROM orders",
+        "order_items": "SELECT name, quantity, price, line_total FROM order_items",
         "payments": "SELECT idempotency_key, amount, currency, payment_method, status, "
         "transaction_id FROM payments",
     }
@@ -142,9 +141,9 @@ def test_0003_carries_existing_rows_over(pg: PostgresServer) -> None:
         "payments": "order:1|59.98|USD|credit_card|completed|txn_1",
     }
     assert asyncio.run(schema_differences(url.database_url())) == []
-    # The next order gets the next id: the rename kept the sequence.
+    # The previous release's INSERT (no currency, no method) still works: defaults.
     pg.psql(
-        "SET ROLE app; INSERT INTO orders (user_id, status, total_amount) VALUES (1, 'pending', 1)",
+        "SET ROLE app; INSERT INTO orders (user_id, status, total) VALUES (1, 'pending', 1)",
         database,
     )
     assert pg.psql("SELECT max(id) FROM orders", database).strip() == "2"

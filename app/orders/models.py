@@ -18,7 +18,7 @@ STATUSES = ("pending", "confirmed", "failed")
 class Order(Base):
     __tablename__ = "orders"
     __table_args__ = (
-        CheckConstraint("total_amount > 0", name="total_positive"),
+        CheckConstraint("total > 0", name="total_positive"),
         CheckConstraint(f"status IN {STATUSES!r}", name="status"),
         # What the sweep reads: the few orders whose charge has no known outcome yet.
         Index("ix_orders_pending", "created_at", postgresql_where=text("status = 'pending'")),
@@ -28,7 +28,9 @@ class Order(Base):
     # Users and payments live in other services: ids, not foreign keys.
     user_id: Mapped[int] = mapped_column(index=True)
     status: Mapped[str] = mapped_column(String(16))
-    total_amount: Mapped[Decimal] = mapped_column(MoneyColumn)  # "total" before 0003
+    # The seed's names in the API, the columns' own in the table: a rename would break
+    # the workers still running the previous release while a deploy migrates.
+    total_amount: Mapped[Decimal] = mapped_column("total", MoneyColumn)
     currency: Mapped[str] = mapped_column(String(3), server_default=DEFAULT_CURRENCY)
     payment_method: Mapped[str] = mapped_column(
         String(32), server_default=DEFAULT_PAYMENT_METHOD.value
@@ -53,7 +55,7 @@ class OrderItem(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)
-    product_name: Mapped[str] = mapped_column(String(255))  # "name" before 0003
+    product_name: Mapped[str] = mapped_column("name", String(255))  # the column keeps its name
     quantity: Mapped[int]
     price: Mapped[Decimal] = mapped_column(MoneyColumn)  # per unit
     line_total: Mapped[Decimal] = mapped_column(MoneyColumn)

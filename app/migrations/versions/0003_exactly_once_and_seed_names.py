@@ -1,15 +1,16 @@
-"""Exactly-once writes, the seed's field names, charge terms, active users.
+"""Exactly-once writes, charge terms, active users.
 
 * ``idempotency_keys``: every write's Idempotency-Key with its answer
   (app/core/idempotency.py), unique per (principal, route, key), indexed by age.
-* ``orders.total`` -> ``total_amount`` and ``order_items.name`` -> ``product_name``, the
-  seed's names (renamed in place: values, constraints and indexes go along).
 * ``orders`` and ``payments`` get ``currency`` (``USD`` for existing rows, the only
   currency there was) and ``payment_method`` (``credit_card``, the seed's).
 * ``orders``: a partial index of the pending ones, which the sweep reads.
 * ``users.is_active`` (``true`` for existing accounts).
 
-Nothing is dropped or rewritten. Each step checks the schema first and skips what is
+Only additions, with defaults: the previous release keeps working on this schema while a
+deploy migrates and then reloads (the seed's ``total_amount`` and ``product_name`` are the
+API's names for the ``total`` and ``name`` columns, not renames). Nothing is dropped or
+rewritten. Each step checks the schema first and skips what is
 already there: ``python -m app.migrate`` adopts a database that the app's start-up
 ``create_all`` made (stamping the newest revision whose tables all exist), and such a
 database may already have some of this revision's tables and columns.
@@ -30,8 +31,9 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-# What --sql (no database to inspect) takes the schema to be: revision 0002's.
-_AT_0002 = {"orders": {"total"}, "order_items": {"name"}}
+# What --sql (no database to inspect) takes the schema to be: revision 0002's, which
+# has none of the columns added here.
+_AT_0002: dict[str, set[str]] = {}
 
 
 def _offline() -> bool:
@@ -57,12 +59,6 @@ def _indexes(table: str) -> set[str]:
 def _add(table: str, column: sa.Column) -> None:
     if column.name not in _columns(table):
         op.add_column(table, column)
-
-
-def _rename(table: str, old: str, new: str) -> None:
-    columns = _columns(table)
-    if old in columns and new not in columns:
-        op.alter_column(table, old, new_column_name=new)
 
 
 def _currency() -> sa.Column:
@@ -102,8 +98,6 @@ def upgrade() -> None:
     if "ix_idempotency_keys_created_at" not in _indexes("idempotency_keys"):
         op.create_index("ix_idempotency_keys_created_at", "idempotency_keys", ["created_at"])
 
-    _rename("orders", "total", "total_amount")
-    _rename("order_items", "name", "product_name")
     for table in ("orders", "payments"):
         _add(table, _currency())
         _add(table, _payment_method())
@@ -123,7 +117,5 @@ def downgrade() -> None:
     for table in ("payments", "orders"):
         op.drop_column(table, "payment_method")
         op.drop_column(table, "currency")
-    op.alter_column("order_items", "product_name", new_column_name="name")
-    op.alter_column("orders", "total_amount", new_column_name="total")
     op.drop_index("ix_idempotency_keys_created_at", table_name="idempotency_keys")
     op.drop_table("idempotency_keys")
