@@ -186,7 +186,9 @@ class OrderService(OwnedRows[Order]):
                 return None  # it may have charged: ask again later, with the same key
             return OrderStatus.FAILED, None, "payment service unavailable"
         code = response.status_code
-        if code >= 500:
+        # 404: a payments service of the previous release, without the route yet (a deploy
+        # in progress); it charged nothing, and the sweep asks again once it has the route.
+        if code >= 500 or code == status.HTTP_404_NOT_FOUND:
             logger.warning("order %s: payment service answered %s", order.id, code)
             return None
         if code not in (status.HTTP_200_OK, status.HTTP_201_CREATED):
