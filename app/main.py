@@ -21,7 +21,7 @@ from importlib import import_module
 
 from fastapi import FastAPI
 
-from app.core import metrics, telemetry
+from app.core import idempotency, metrics, telemetry
 from app.core.cache import Cache
 from app.core.concurrency import ConcurrencyLimitMiddleware
 from app.core.database import create_engine, create_schema, create_sessionmaker
@@ -60,7 +60,8 @@ def create_app(settings: Settings | None = None, domains: Sequence[str] | None =
     serving = settings if settings is not None else load_serving_settings()
     names = tuple(domains) if domains is not None else serving.domains
     selected = load_domains(names)
-    tables = [table for domain in selected for table in domain.tables]
+    # Once each: every domain lists the shared idempotency_keys table.
+    tables = list(dict.fromkeys(table for domain in selected for table in domain.tables))
     root_path = serving.root_path
 
     @asynccontextmanager
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None, domains: Sequence[str] | None =
                 reachable = await cache.ping()
                 cache_state = f"ttl={config.cache_ttl}s" + ("" if reachable else " (unreachable)")
             async with AsyncExitStack() as domain_resources:
+                await domain_resources.enter_async_context(idempotency.maintenance(app, config))
                 for domain in selected:
                     if domain.lifespan is not None:
                         await domain_resources.enter_async_context(domain.lifespan(app, config))

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from fastapi import FastAPI
 
 from app.core.auth import issue_token
 from app.core.settings import Settings
+from app.main import create_app
 from tests.conftest import Api, make_settings
 from tests.servers import CacheServer, PostgresServer
 
@@ -105,3 +107,37 @@ async def register(
     login = await client.post("/users/login", json={"username": name, "password": password})
     assert login.status_code == 200, login.text
     return {"Authorization": f"Bearer {login.json()['access_token']}"}
+
+
+@dataclass
+class Stack:
+    api: Api
+    settings: Settings
+    directory: Path
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        return self.api.client
+
+
+@asynccontextmanager
+async def single_app(
+    pg: PostgresServer, cache: CacheServer, keep: bool = False, **overrides: Any
+) -> AsyncIterator[Stack]:
+    """All seed-001 domains in one app that reaches users, orders and payments through its
+    own socket, as the single-process deployment does (every charge succeeds unless
+    ``payment_success_rate`` says otherwise). On empty tables unless ``keep``."""
+    with socket_dir() as directory:
+        own = f"unix:{directory / 'app.sock'}"
+        values: dict[str, Any] = {
+            "users_url": own,
+            "payments_url": own,
+            "orders_url": own,
+            "payment_success_rate": 1.0,
+            **overrides,
+        }
+        settings = seed_001_settings(pg, cache, **values)
+        app = create_app(settings, SEED_001)
+        async with serve(app, directory / "app.sock"), socket_client(directory / "app.sock") as c:
+            api = Api(app, c) if keep else await reset(app, c)
+            yield Stack(api, settings, directory)

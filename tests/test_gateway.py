@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -14,7 +15,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.main import create_app
 from tests.servers import CacheServer, PostgresServer
-from tests.stack import register, reset, seed_001_settings, serve, socket_client, socket_dir
+from tests.stack import (
+    PASSWORD,
+    register,
+    reset,
+    seed_001_settings,
+    serve,
+    socket_client,
+    socket_dir,
+)
 
 SERVICES = ("users", "orders", "payments")
 
@@ -88,6 +97,7 @@ async def test_one_app_keeps_its_docs_at_the_root(
         domains=("items", "notes", *SERVICES),
         users_url="http://127.0.0.1:8080",  # not called here
         payments_url="http://127.0.0.1:8080",
+        orders_url="http://127.0.0.1:8080",
     )
     app = create_app(settings)
     async with LifespanManager(app) as manager:
@@ -106,7 +116,11 @@ async def test_one_app_keeps_its_docs_at_the_root(
 
 
 async def services(
-    stack: AsyncExitStack, pg: PostgresServer, cache: CacheServer, directory: Path
+    stack: AsyncExitStack,
+    pg: PostgresServer,
+    cache: CacheServer,
+    directory: Path,
+    **overrides: Any,
 ) -> dict[str, httpx.AsyncClient]:
     """users, orders and payments, each its own app on its own socket, as nginx sees them."""
     sockets = {name: directory / f"{name}.sock" for name in SERVICES}
@@ -120,7 +134,9 @@ async def services(
             # The orders service calls the others' sockets straight, with public paths.
             users_url=f"unix:{sockets['users']}",
             payments_url=f"unix:{sockets['payments']}",
+            orders_url=f"unix:{sockets['orders']}",
             payment_success_rate=1.0,
+            **overrides,
         )
         app = create_app(settings)
         await stack.enter_async_context(serve(app, sockets[name]))
@@ -160,3 +176,61 @@ async def test_separate_services_place_pay_and_refund(
 
     for name, client in separate.items():
         await check_docs(client, f"/{name}", f"/{name}/docs", f"/{name}/openapi.json")
+
+
+async def test_separate_services_pay_the_seed_way(
+    separate: dict[str, httpx.AsyncClient],
+) -> None:
+    """payments asks the orders service for the order, with the user's token."""
+    users, orders, payments = (separate[name] for name in SERVICES)
+    alice = await register(users, "alice")
+    form = await users.post(  # the docs' Authorize button: the OAuth2 password form
+        "/users/login", data={"grant_type": "password", "username": "alice", "password": PASSWORD}
+    )
+    assert form.status_code == 200, form.text
+    assert form.json()["token_type"] == "bearer"
+    order = (
+        await orders.post(
+            "/orders", json={"items": [{"name": "P", "quantity": 1, "price": 5}]}, headers=alice
+        )
+    ).json()
+    body = {"order_id": order["id"], "amount": 5, "payment_method": "credit_card"}
+    paid = await payments.post("/payments", json=body, headers=alice)
+    assert (paid.status_code, paid.json()["id"]) == (200, order["payment_id"])
+    bob = await register(users, "bob")
+    assert (await payments.post("/payments", json=body, headers=bob)).status_code == 404
+    # Every service's docs log in at the users service.
+    for name, client in separate.items():
+        schema = (await client.get(f"/{name}/openapi.json")).json()
+        schemes = schema.get("components", {}).get("securitySchemes", {})
+        flows = [s["flows"]["password"]["tokenUrl"] for s in schemes.values() if "flows" in s]
+        assert flows == ["/users/login"], (name, schemes)
+        assert not any("internal" in path for path in schema["paths"]), name
+
+
+async def test_a_gone_or_inactive_users_tokens_stop_working_everywhere(
+    pg: PostgresServer, cache_server: CacheServer
+) -> None:
+    ttl = 0.3
+    with socket_dir() as directory:
+        async with AsyncExitStack() as stack:
+            clients = await services(stack, pg, cache_server, directory, auth_cache_ttl=ttl)
+            users, orders, payments = (clients[name] for name in SERVICES)
+            alice = await register(users, "alice")
+            bob = await register(users, "bob")
+            line = {"name": "P", "quantity": 1, "price": 5}
+            assert (await orders.post("/orders", json={"items": [line]}, headers=alice)).is_success
+            for auth in (alice, bob):
+                assert (await payments.get("/payments", headers=auth)).status_code == 200
+            # Behind the services' backs: one account deleted, one deactivated.
+            pg.psql("DELETE FROM users WHERE username = 'alice'", pg.database)
+            pg.psql("UPDATE users SET is_active = false WHERE username = 'bob'", pg.database)
+            await asyncio.sleep(ttl + 0.1)  # the services' cached answers expire
+            checks = ((orders, "/orders"), (payments, "/payments"), (users, "/users/me"))
+            for auth in (alice, bob):
+                for client, path in checks:
+                    response = await client.get(path, headers=auth)
+                    assert response.status_code == 401, (path, response.text)
+                    assert response.json() == {"detail": "unknown user"}
+            login = {"username": "bob", "password": PASSWORD}
+            assert (await users.post("/users/login", json=login)).status_code == 401

@@ -10,8 +10,7 @@ import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +18,18 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from app.core.settings import Settings
 from app.main import create_app
-from tests.conftest import Api
 from tests.servers import CacheServer, PostgresServer, free_port
 from tests.stack import (
-    SEED_001,
+    Stack,
     register,
     reset,
     seed_001_settings,
     serve,
+    single_app,
     socket_client,
     socket_dir,
+    token_for,
 )
 
 LINES = [
@@ -41,44 +40,17 @@ LINES = [
 TOTAL = "110.27"  # 59.98 + 49.99 + 0.30, exactly
 
 
-@dataclass
-class Stack:
-    api: Api
-    settings: Settings
-    directory: Path
-
-    @property
-    def client(self) -> httpx.AsyncClient:
-        return self.api.client
-
-
-@asynccontextmanager
-async def single_app(
-    pg: PostgresServer, cache: CacheServer, **overrides: Any
-) -> AsyncIterator[Stack]:
-    """All seed-001 domains in one app that reaches users and payments through itself."""
-    with socket_dir() as directory:
-        own = f"unix:{directory / 'app.sock'}"
-        values: dict[str, Any] = {
-            "users_url": own,
-            "payments_url": own,
-            "payment_success_rate": 1.0,
-            **overrides,
-        }
-        settings = seed_001_settings(pg, cache, **values)
-        app = create_app(settings, SEED_001)
-        async with serve(app, directory / "app.sock"), socket_client(directory / "app.sock") as c:
-            yield Stack(await reset(app, c), settings, directory)
-
-
 @pytest.fixture
 async def stack(pg: PostgresServer, cache_server: CacheServer) -> AsyncIterator[Stack]:
     async with single_app(pg, cache_server) as running:
         yield running
 
 
-async def place(stack: Stack, auth: dict[str, str], body: Any = None) -> httpx.Response:
-    return await stack.client.post("/orders", json=body or {"items": LINES}, headers=auth)
+async def place(
+    stack: Stack, auth: dict[str, str], body: Any = None, key: str | None = None
+) -> httpx.Response:
+    headers = auth if key is None else {**auth, "Idempotency-Key": key}
+    return await stack.client.post("/orders", json=body or {"items": LINES}, headers=headers)
 
 
 async def test_an_order_is_totalled_by_the_server_and_paid(stack: Stack) -> None:
@@ -87,12 +59,16 @@ async def test_an_order_is_totalled_by_the_server_and_paid(stack: Stack) -> None
     assert response.status_code == 201, response.text
     order = response.json()
     assert order["status"] == "confirmed"
-    assert order["total"] == TOTAL
+    assert order["total_amount"] == order["total"] == TOTAL  # the seed's name, and ours
+    assert (order["currency"], order["payment_method"]) == ("USD", "credit_card")
     assert order["failure_reason"] is None
-    assert [(i["name"], i["quantity"], i["price"], i["line_total"]) for i in order["items"]] == [
-        ("Product 1", 2, "29.99", "59.98"),
-        ("Product 2", 1, "49.99", "49.99"),
-        ("Product 3", 3, "0.10", "0.30"),
+    assert [
+        (i["product_name"], i["name"], i["quantity"], i["price"], i["line_total"])
+        for i in order["items"]
+    ] == [
+        ("Product 1", "Product 1", 2, "29.99", "59.98"),
+        ("Product 2", "Product 2", 1, "49.99", "49.99"),
+        ("Product 3", "Product 3", 3, "0.10", "0.30"),
     ]
     # The payments service charged exactly the total, for this order, as Alice.
     payment = (await stack.client.get(f"/payments/{order['payment_id']}", headers=alice)).json()
@@ -102,13 +78,14 @@ async def test_an_order_is_totalled_by_the_server_and_paid(stack: Stack) -> None
         "completed",
     )
     assert payment["user_id"] == order["user_id"]
-    # A retry of that charge (same key) is the same payment, not a second one.
-    retry = await stack.client.post(
+    assert (payment["currency"], payment["payment_method"]) == ("USD", "credit_card")
+    # Paying it again, as the seed's client does after placing it, is the same payment.
+    again = await stack.client.post(
         "/payments",
-        json={"order_id": order["id"], "amount": TOTAL},
-        headers={**alice, "Idempotency-Key": f"order:{order['id']}"},
+        json={"order_id": order["id"], "amount": TOTAL, "payment_method": "credit_card"},
+        headers=alice,
     )
-    assert (retry.status_code, retry.json()["id"]) == (200, payment["id"])
+    assert (again.status_code, again.json()["id"]) == (200, payment["id"])
     assert await stack.api.count("payments") == 1
     # And the order refunds through its payment.
     refund = await stack.client.post(f"/payments/{payment['id']}/refund", headers=alice)
@@ -151,7 +128,13 @@ BAD_ORDERS: list[Any] = [
     {"items": []},
     {},
     {"items": LINES, "total": "0.01"},  # the client never sets the total
-    {"items": LINES, "total_amount": 110.27},
+    {"items": LINES, "total_amount": "110.28"},  # nor does a total it expects that is off
+    {"items": LINES, "total_amount": 0},
+    {"items": LINES, "currency": "usd"},
+    {"items": LINES, "currency": "XYZ"},
+    {"items": LINES, "currency": "JPY"},  # no cents: amounts here have two places
+    {"items": LINES, "payment_method": "cash"},
+    {"items": [{"name": "x", "product_name": "x", "quantity": 1, "price": 1}]},
     {"items": [{"name": "x", "quantity": 0, "price": 1}]},
     {"items": [{"name": "x", "quantity": -1, "price": 1}]},
     {"items": [{"name": "x", "quantity": 1.5, "price": 1}]},
@@ -233,9 +216,11 @@ async def failing_app(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 @pytest.mark.parametrize("failure", ["no socket", "closed port", "hung", "502"])
-async def test_payment_service_down_fails_the_order_and_keeps_it(
+async def test_payment_service_down_keeps_the_order(
     pg: PostgresServer, cache_server: CacheServer, failure: str
 ) -> None:
+    """Not connected at all, the charge cannot have happened: the order fails. Timed out
+    or answered 5xx, it may have: the order stays pending, for a retry or the sweep."""
     with socket_dir() as elsewhere:
         payments = {
             "no socket": f"unix:{elsewhere / 'missing.sock'}",
@@ -257,15 +242,14 @@ async def test_payment_service_down_fails_the_order_and_keeps_it(
                 response = await place(stack, alice)
             assert response.status_code == 201, response.text
             order = response.json()
-            assert order["status"] == "failed"
+            if failure in ("no socket", "closed port"):
+                assert order["status"] == "failed"
+                assert order["failure_reason"] == "payment service unavailable"
+            else:
+                assert order["status"] == "pending"
+                assert order["failure_reason"] is None
             assert order["total"] == TOTAL
             assert order["payment_id"] is None
-            expected = (
-                "payment service answered 502"
-                if failure == "502"
-                else ("payment service unavailable")
-            )
-            assert order["failure_reason"] == expected
             listed = await stack.client.get("/orders", headers=alice)
             assert [o["id"] for o in listed.json()] == [order["id"]]
             assert await stack.api.count("order_items") == 3
@@ -275,17 +259,23 @@ async def test_payment_service_down_fails_the_order_and_keeps_it(
 async def test_user_service_down_refuses_the_order_and_writes_nothing(
     pg: PostgresServer, cache_server: CacheServer
 ) -> None:
-    with socket_dir() as elsewhere:
-        async with single_app(
-            pg, cache_server, users_url=f"unix:{elsewhere / 'missing.sock'}"
-        ) as stack:
-            alice = await register(stack.client, "alice")
-            response = await place(stack, alice)
+    """The orders service alone checks tokens at the users service: unreachable, 503."""
+    with socket_dir() as directory:
+        missing = f"unix:{directory / 'missing.sock'}"
+        settings = seed_001_settings(
+            pg, cache_server, users_url=missing, payments_url=missing, orders_url=missing
+        )
+        app = create_app(settings, ["orders"])
+        socket = directory / "orders.sock"
+        async with serve(app, socket), socket_client(socket) as client:
+            api = await reset(app, client)
+            response = await client.post(
+                "/orders", json={"items": LINES}, headers=token_for(1, settings)
+            )
             assert response.status_code == 503
             assert response.json() == {"detail": "user service unavailable"}
             assert response.headers["retry-after"] == "1"
-            assert await stack.api.count("orders") == 0
-            assert await stack.api.count("payments") == 0
+            assert await api.count("orders") == 0
 
 
 async def test_a_token_of_a_deleted_user_places_no_order(stack: Stack) -> None:
@@ -296,7 +286,7 @@ async def test_a_token_of_a_deleted_user_places_no_order(stack: Stack) -> None:
     assert await stack.api.count("orders") == 0
 
 
-async def test_one_trace_spans_the_order_and_the_calls_it_makes(stack: Stack) -> None:
+async def test_one_trace_spans_the_order_and_the_charge(stack: Stack) -> None:
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from opentelemetry.trace import SpanKind
@@ -310,12 +300,130 @@ async def test_one_trace_spans_the_order_and_the_calls_it_makes(stack: Stack) ->
     servers = {s.name: s for s in spans if s.kind == SpanKind.SERVER}
     clients = [s for s in spans if s.kind == SpanKind.CLIENT and s.name in ("GET", "POST")]
     order = servers["POST /orders"]
-    assert {"GET /users/me", "POST /payments"} <= set(servers)
-    assert len(clients) == 2
-    for client in clients:  # the orders domain's calls, children of its request...
-        assert client.parent is not None and client.parent.span_id == order.context.span_id
-    for name in ("GET /users/me", "POST /payments"):  # ... and parents of the answers
-        callee = servers[name]
-        assert callee.context.trace_id == order.context.trace_id
-        assert callee.parent is not None
-        assert callee.parent.span_id in {c.context.span_id for c in clients}
+    charge = servers["POST /payments/internal/charges"]
+    # One app: the token is checked against its own users table, no call for that.
+    assert len(clients) == 1
+    assert clients[0].parent is not None
+    assert clients[0].parent.span_id == order.context.span_id
+    assert charge.context.trace_id == order.context.trace_id
+    assert charge.parent is not None and charge.parent.span_id == clients[0].context.span_id
+
+
+# --- The seed's request shapes ---------------------------------------------------------
+
+
+async def test_the_seed_order_shapes(stack: Stack) -> None:
+    alice = await register(stack.client, "alice")
+    seed = {
+        "items": [{"name": "Product 1", "quantity": 2, "price": 29.99}],
+        "total_amount": 59.98,
+    }
+    first = await place(stack, alice, seed)
+    assert first.status_code == 201, first.text
+    assert first.json()["total_amount"] == "59.98"
+    by_product_name = {
+        "items": [{"product_name": "Product 2", "quantity": 1, "price": 49.99}],
+        "currency": "EUR",
+        "payment_method": "debit_card",
+    }
+    second = await place(stack, alice, by_product_name)
+    assert second.status_code == 201, second.text
+    body = second.json()
+    assert body["items"][0]["product_name"] == "Product 2"
+    assert (body["currency"], body["payment_method"]) == ("EUR", "debit_card")
+    payment = await stack.client.get(f"/payments/{body['payment_id']}", headers=alice)
+    assert (payment.json()["currency"], payment.json()["payment_method"]) == ("EUR", "debit_card")
+
+    wrong = await place(stack, alice, {**seed, "total_amount": "59.97"})
+    assert wrong.status_code == 422
+    assert "total_amount 59.97 does not match the total of the items, 59.98" in wrong.text
+    assert await stack.api.count("orders") == 2
+
+
+# --- Exactly once --------------------------------------------------------------------
+
+
+async def test_a_retried_order_is_one_order_and_one_charge(stack: Stack) -> None:
+    alice = await register(stack.client, "alice")
+    first = await place(stack, alice, key="order-attempt-1")
+    again = await place(stack, alice, key="order-attempt-1")
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.json() == first.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
+    assert await stack.api.count("orders") == 1
+    assert await stack.api.count("payments") == 1
+    # The same key with another body is refused, naming the header; nothing is written.
+    other = await place(stack, alice, {"items": LINES[:1]}, key="order-attempt-1")
+    assert other.status_code == 422
+    assert other.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+    # Keys are per user: Bob's "same" key is his own order.
+    bob = await register(stack.client, "bob")
+    bobs = await place(stack, bob, key="order-attempt-1")
+    assert bobs.status_code == 201 and "idempotent-replayed" not in bobs.headers
+    assert await stack.api.count("orders") == 2
+
+
+async def test_concurrent_sends_of_one_order_make_one(stack: Stack) -> None:
+    alice = await register(stack.client, "alice")
+    answers = await asyncio.gather(*(place(stack, alice, key="same") for _ in range(4)))
+    assert [a.status_code for a in answers] == [201] * 4, [a.text for a in answers]
+    # The others waited for the first one's order to commit, then replayed its answer or,
+    # if it was not stored yet, resumed that same order: the same body either way.
+    assert len({a.content for a in answers}) == 1
+    assert await stack.api.count("orders") == 1
+    assert await stack.api.count("payments") == 1
+
+
+async def interrupted_order(
+    pg: PostgresServer, cache_server: CacheServer, directory: Path
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """An order whose charge timed out (payments hung): committed, pending, key unanswered."""
+    with hung_socket(directory / "hung.sock"):
+        async with single_app(
+            pg, cache_server, payments_url=f"unix:{directory / 'hung.sock'}", service_timeout=0.3
+        ) as stack:
+            alice = await register(stack.client, "alice")
+            response = await place(stack, alice, key="k-interrupted")
+            assert response.json()["status"] == "pending"
+            return response.json(), alice
+
+
+async def test_a_retry_resumes_an_interrupted_order(
+    pg: PostgresServer, cache_server: CacheServer
+) -> None:
+    with socket_dir() as directory:
+        pending, alice = await interrupted_order(pg, cache_server, directory)
+    # The same database, payments answering now; no sweep, so only the retry can finish it.
+    async with single_app(pg, cache_server, keep=True, order_sweep_interval=3600) as stack:
+        assert await stack.api.count("payments") == 0
+        retry = await place(stack, alice, key="k-interrupted")
+        assert retry.status_code == 201, retry.text
+        order = retry.json()
+        assert (order["id"], order["status"]) == (pending["id"], "confirmed")
+        again = await place(stack, alice, key="k-interrupted")
+        assert again.json() == order and again.headers["idempotent-replayed"] == "true"
+        assert await stack.api.count("orders") == 1
+        assert await stack.api.count("payments") == 1
+
+
+async def test_the_sweep_finishes_an_interrupted_order(
+    pg: PostgresServer, cache_server: CacheServer
+) -> None:
+    with socket_dir() as directory:
+        pending, alice = await interrupted_order(pg, cache_server, directory)
+    async with single_app(
+        pg, cache_server, keep=True, order_sweep_interval=0.2, order_stale_after=0.1
+    ) as stack:
+        deadline = time.monotonic() + 15
+        order = pending
+        while order["status"] == "pending" and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            order = (await stack.client.get(f"/orders/{pending['id']}", headers=alice)).json()
+        assert order["status"] == "confirmed", order
+        assert await stack.api.count("payments") == 1
+        # The client's late retry gets the finished order, and charges nothing more.
+        retry = await place(stack, alice, key="k-interrupted")
+        assert (retry.status_code, retry.json()["status"]) == (201, "confirmed")
+        assert retry.json()["payment_id"] == order["payment_id"]
+        assert await stack.api.count("payments") == 1

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 
+from alembic import command
+
+from app.core.settings import DatabaseSettings
+from app.migrate import alembic_config
 from tests.conftest import make_settings, running_app
 from tests.servers import REPO_ROOT, CacheServer, GunicornServer, PostgresServer, clean_env
 from tests.stack import JWT_SECRET, SEED_001
@@ -70,15 +75,17 @@ async def test_migrations_build_every_domain_and_adopt_create_all(
         "jwt_secret": JWT_SECRET,
         "users_url": "http://127.0.0.1:1",
         "payments_url": "http://127.0.0.1:1",
+        "orders_url": "http://127.0.0.1:1",
     }
-    # create_all of every domain, then the first migrate adopts it at 0002.
+    # create_all of every domain, then the first migrate adopts it at 0002, and 0003 finds
+    # everything it would add already there.
     adopted = pg.create_database()
     async with running_app(make_settings(pg, cache_server, adopted, **extra), domains=ALL):
         pass
     result = run_module("app.migrate", clean_env(**pg.env(adopted)))
     assert result.returncode == 0, result.stderr
     assert "stamping revision 0002" in result.stderr
-    assert "Running upgrade" not in result.stderr
+    assert "Running upgrade 0002 -> 0003" in result.stderr
     settings = make_settings(pg, cache_server, adopted, db_create_schema=False, **extra)
     assert await schema_differences(settings.database_url()) == []
 
@@ -96,3 +103,47 @@ async def test_migrations_build_every_domain_and_adopt_create_all(
     assert "CREATE TABLE payments" in sql.stdout
     assert "CONSTRAINT ck_payments_status CHECK" in sql.stdout
     assert "CONSTRAINT uq_payments_user_id_idempotency_key UNIQUE" in sql.stdout
+    assert "ALTER TABLE orders ADD COLUMN currency VARCHAR(3) DEFAULT 'USD' NOT NULL" in sql.stdout
+    assert "CREATE TABLE idempotency_keys" in sql.stdout
+
+
+def test_0003_carries_existing_rows_over(pg: PostgresServer) -> None:
+    """Rows written at 0002 keep their values, with the new columns' defaults."""
+    database = pg.create_database()
+    url = DatabaseSettings(
+        **{k.removeprefix("APP_").lower(): v for k, v in pg.env(database).items()}
+    )
+    config = alembic_config(url.database_url())
+    command.upgrade(config, "0002")
+    pg.psql(
+        "SET ROLE app;"
+        "INSERT INTO users (email, username, password_hash) VALUES ('a@example.com', 'a', 'h');"
+        "INSERT INTO orders (user_id, status, total, payment_id) VALUES (1, 'confirmed', 59.98, 1);"
+        "INSERT INTO order_items (order_id, name, quantity, price, line_total) "
+        "VALUES (1, 'Product 1', 2, 29.99, 59.98);"
+        "INSERT INTO payments (user_id, order_id, idempotency_key, amount, status, transaction_id)"
+        " VALUES (1, 1, 'order:1', 59.98, 'completed', 'txn_1');",
+        database,
+    )
+    command.upgrade(config, "head")
+    rows = {
+        "users": "SELECT username, is_active FROM users",
+        "orders": "SELECT id, status, total, currency, payment_method, payment_id FROM orders",
+        "order_items": "SELECT name, quantity, price, line_total FROM order_items",
+        "payments": "SELECT idempotency_key, amount, currency, payment_method, status, "
+        "transaction_id FROM payments",
+    }
+    found = {table: pg.psql(sql, database).strip() for table, sql in rows.items()}
+    assert found == {
+        "users": "a|t",
+        "orders": "1|confirmed|59.98|USD|credit_card|1",
+        "order_items": "Product 1|2|29.99|59.98",
+        "payments": "order:1|59.98|USD|credit_card|completed|txn_1",
+    }
+    assert asyncio.run(schema_differences(url.database_url())) == []
+    # The previous release's INSERT (no currency, no method) still works: defaults.
+    pg.psql(
+        "SET ROLE app; INSERT INTO orders (user_id, status, total) VALUES (1, 'pending', 1)",
+        database,
+    )
+    assert pg.psql("SELECT max(id) FROM orders", database).strip() == "2"

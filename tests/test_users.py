@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -310,3 +311,162 @@ async def test_users_domain_requires_the_jwt_secret(
     with pytest.raises(SettingsError, match="missing required settings: APP_JWT_SECRET"):
         async with running_app(make_settings(pg, cache_server), domains=["users"]):
             pass
+
+
+# --- The seed's request shapes ---------------------------------------------------------
+
+
+async def test_the_seed_registration_and_login_shapes(users: Api) -> None:
+    # POST /users, as the seed's second walkthrough does, is the same as /users/register.
+    seed = {
+        "email": "demo@example.com",
+        "username": "demo",
+        "full_name": "Demo User",
+        "password": "password123",
+    }
+    created = await users.client.post("/users", json=seed)
+    assert created.status_code == 201, created.text
+    assert set(created.json()) == {
+        "id",
+        "email",
+        "username",
+        "full_name",
+        "is_active",
+        "created_at",
+    }
+    other = await users.client.post(
+        "/users/register",
+        json={"username": "testuser", "email": "test@example.com", "password": "testpass123"},
+    )
+    assert other.status_code == 201
+    logins = [
+        {"json": {"username": "testuser", "password": "testpass123"}},
+        {"json": {"username": "test@example.com", "password": "testpass123"}},
+        {"json": {"email": "demo@example.com", "password": "password123"}},
+        # The OAuth2 password form of the docs' Authorize button.
+        {"data": {"grant_type": "password", "username": "demo", "password": "password123"}},
+        {"data": {"username": "demo@example.com", "password": "password123", "scope": ""}},
+    ]
+    for login in logins:
+        response = await users.client.post("/users/login", **login)  # type: ignore[arg-type]
+        assert response.status_code == 200, (login, response.text)
+        assert response.json()["token_type"] == "bearer"
+        me = await users.client.get("/users/me", headers=bearer(response.json()["access_token"]))
+        assert me.status_code == 200
+    # Not both names, not neither, no other grant, no unknown fields: 422 naming the field.
+    bad = [
+        {"json": {"username": "demo", "email": "demo@example.com", "password": "password123"}},
+        {"json": {"password": "password123"}},
+        {"json": {"username": "demo", "password": "password123", "admin": True}},
+        {"data": {"grant_type": "client_credentials", "username": "demo", "password": "x"}},
+        {"data": {"username": "demo"}},
+        {"content": b"{not json", "headers": {"content-type": "application/json"}},
+    ]
+    for login in bad:
+        response = await users.client.post("/users/login", **login)  # type: ignore[arg-type]
+        assert response.status_code == 422, (login, response.text)
+    missing = await users.client.post("/users/login", data={"username": "demo"})
+    assert missing.json()["detail"][0]["loc"] == ["body", "password"]
+    # The docs describe both bodies of login, and POST /users is no second entry.
+    schema = (await users.client.get("/openapi.json")).json()
+    assert set(schema["paths"]["/users/login"]["post"]["requestBody"]["content"]) == {
+        "application/json",
+        "application/x-www-form-urlencoded",
+    }
+    assert "post" not in schema["paths"]["/users"]
+
+
+async def test_a_retried_registration_is_its_first_answer(users: Api) -> None:
+    body = {"email": "r@example.com", "username": "retried", "password": PASSWORD}
+    key = {"Idempotency-Key": "register-1"}
+    first = await users.client.post("/users/register", json=body, headers=key)
+    again = await users.client.post("/users/register", json=body, headers=key)
+    assert (first.status_code, again.status_code) == (201, 201)  # not a 409
+    assert again.json() == first.json()
+    assert await users.count("users") == 1
+    # Logins are not writes: their tokens are never stored, whatever the headers.
+    login = {"username": "retried", "password": PASSWORD}
+    for _ in range(2):
+        response = await users.client.post("/users/login", json=login, headers=key)
+        assert "idempotent-replayed" not in response.headers
+    assert await users.count("idempotency_keys") == 1
+
+
+async def test_an_inactive_account_cannot_log_in(users: Api) -> None:
+    await register(users, "alice")
+    auth = await login(users, "alice")
+    await users.sql("UPDATE users SET is_active = false")
+    response = await users.client.post(
+        "/users/login", json={"username": "alice", "password": PASSWORD}
+    )
+    assert response.status_code == 401
+    assert response.json() == {"detail": "incorrect username or password"}  # as for others
+    assert (await users.client.get("/users/me", headers=auth)).status_code == 401
+
+
+# --- Login backoff ----------------------------------------------------------------------
+
+
+@pytest.fixture
+async def strict_users(users_settings: Settings) -> AsyncIterator[Api]:
+    settings = users_settings.model_copy(
+        update={"login_max_failures": 2, "login_lockout_base": 1.0, "login_lockout_max": 2.0}
+    )
+    async with running_app(settings, domains=["users"]) as running:
+        yield running
+
+
+async def attempt(api: Api, name: str, password: str) -> Any:
+    return await api.client.post("/users/login", json={"username": name, "password": password})
+
+
+async def test_failed_logins_lock_a_name_for_a_while(strict_users: Api) -> None:
+    api = strict_users
+    await register(api, "alice")
+    for _ in range(2):  # the free failures
+        assert (await attempt(api, "alice", "Wrong horse 1")).status_code == 401
+    assert (await attempt(api, "alice", "Wrong horse 1")).status_code == 401  # locks it
+    locked = await attempt(api, "alice", PASSWORD)  # even the right password waits
+    assert locked.status_code == 429
+    assert locked.json() == {"detail": "too many failed logins; try again later"}
+    assert locked.headers["retry-after"] == "1"
+    # Other names are not affected, and the lock ends by itself.
+    await register(api, "bob")
+    assert (await attempt(api, "bob", PASSWORD)).status_code == 200
+    await asyncio.sleep(1.1)
+    assert (await attempt(api, "alice", "Wrong horse 1")).status_code == 401
+    doubled = await attempt(api, "alice", PASSWORD)
+    assert (doubled.status_code, doubled.headers["retry-after"]) == (429, "2")
+    await asyncio.sleep(2.1)
+    assert (await attempt(api, "alice", PASSWORD)).status_code == 200  # and clears the count
+    assert (await attempt(api, "alice", "Wrong horse 1")).status_code == 401
+    assert (await attempt(api, "alice", PASSWORD)).status_code == 200
+
+
+async def test_the_lock_does_not_tell_who_has_an_account(strict_users: Api) -> None:
+    await register(strict_users, "alice")
+    answers = {}
+    for name in ("alice", "nobody"):
+        codes = [(await attempt(strict_users, name, "Wrong horse 1")).status_code for _ in range(3)]
+        last = await attempt(strict_users, name, "Wrong horse 1")
+        answers[name] = (codes, last.status_code, last.json(), last.headers.get("retry-after"))
+    assert answers["alice"] == answers["nobody"]
+    assert answers["alice"][1] == 429
+    # No address is kept in Valkey, only digests.
+    keys = await strict_users.app.state.cache.client.keys("login:*")
+    assert keys and not any(b"alice" in key or b"nobody" in key for key in keys)
+
+
+async def test_logins_go_on_when_valkey_is_down(
+    users_settings: Settings, cache_server: CacheServer
+) -> None:
+    settings = users_settings.model_copy(update={"login_max_failures": 1})
+    async with running_app(settings, domains=["users"]) as api:
+        await register(api, "alice")
+        cache_server.pause()
+        try:
+            for _ in range(3):  # no count is kept: no lock
+                assert (await attempt(api, "alice", "Wrong horse 1")).status_code == 401
+            assert (await attempt(api, "alice", PASSWORD)).status_code == 200
+        finally:
+            cache_server.resume()

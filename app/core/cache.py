@@ -193,6 +193,10 @@ class Cache:
         self.breaker.record_success()
         return True, result
 
+    async def execute(self, operation: Callable[[Redis], Any]) -> tuple[bool, Any]:
+        """Any other command through the breaker (the users' login lockout)."""
+        return await self._run(operation)
+
     async def ping(self) -> bool:
         ok, _ = await self._run(lambda client: client.ping())
         return ok

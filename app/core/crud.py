@@ -3,6 +3,10 @@
 PostgreSQL is the truth; Valkey holds the JSON bodies of reads (one object, one list page).
 A domain service subclasses :class:`CachedCrud` naming its model, read schema, cache keys
 and the noun used in 404s, and adds what only it has (items' PATCH).
+
+Writes go through :func:`~app.core.idempotency.unit_of_work`: with an ``Idempotency-Key``
+they commit together with the key and its answer, and the cache is told only after that
+commit (:func:`~app.core.idempotency.after_commit`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.cache import Cache, CacheKeys
 from app.core.errors import NotFoundError
+from app.core.idempotency import after_commit, unit_of_work
 
 ReadT = TypeVar("ReadT", bound=BaseModel)
 
@@ -64,21 +69,20 @@ class CachedCrud(Generic[ReadT]):
 
     async def create(self, data: BaseModel) -> ReadT:
         row = self.model(**data.model_dump())
-        async with self.sessions() as session:
+        async with unit_of_work(self.sessions) as session:
             session.add(row)
-            await session.commit()
+            await session.flush()  # the id and the server's timestamps, before the answer
         # The cache is told only after the commit: a reader can never re-cache the old state
         # from a transaction that has not committed yet.
-        await self.cache.invalidate(self.keys)
+        await after_commit(lambda: self.cache.invalidate(self.keys))
         return self.read(row)
 
     async def delete(self, object_id: int) -> None:
-        async with self.sessions() as session:
+        async with unit_of_work(self.sessions) as session:
             statement = (
                 delete(self.model).where(self.model.id == object_id).returning(self.model.id)
             )
             deleted = (await session.execute(statement)).scalar_one_or_none()
             if deleted is None:
                 raise NotFoundError(self.noun, object_id)
-            await session.commit()
-        await self.cache.invalidate(self.keys, object_id)
+        await after_commit(lambda: self.cache.invalidate(self.keys, object_id))

@@ -12,8 +12,10 @@ public paths (``/users/me``, ``/payments``):
 Each worker creates its clients in the lifespan (after the fork). Every call has a connect
 timeout and an overall deadline (``APP_SERVICE_CONNECT_TIMEOUT``, ``APP_SERVICE_TIMEOUT``)
 and is never retried here: whether a retry is safe is the caller's business (the charge
-of an order carries an idempotency key). The calls are traced, and carry the trace
-context, when tracing is on.
+of an order carries an idempotency key). A failure says whether the request may have
+reached the service (:attr:`ServiceUnavailable.maybe_delivered`): a charge that could not
+even connect certainly did not happen; one that timed out may have. The calls are traced,
+and carry the trace context, when tracing is on.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 import anyio
 import httpx
+from fastapi import HTTPException, status
 from opentelemetry.sdk.trace import TracerProvider
 
 from app.core.concurrency import slot_released
@@ -29,6 +32,18 @@ from app.core.concurrency import slot_released
 
 class ServiceUnavailable(Exception):
     """The service could not be reached or did not answer in time."""
+
+    def __init__(self, message: str, maybe_delivered: bool) -> None:
+        super().__init__(message)
+        # False only when no connection was made: the service cannot have acted on it.
+        self.maybe_delivered = maybe_delivered
+
+
+def unavailable(detail: str) -> HTTPException:
+    """The 503 a request gets when a service it depends on cannot answer."""
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE, detail=detail, headers={"Retry-After": "1"}
+    )
 
 
 class ServiceClient:
@@ -60,15 +75,18 @@ class ServiceClient:
             HTTPXClientInstrumentor.instrument_client(self.client, tracer_provider=tracer_provider)
 
     async def request(self, method: str, path: str, *, token: str, **kwargs: Any) -> httpx.Response:
-        """``method path`` on behalf of the user whose bearer ``token`` is forwarded."""
+        """``method path`` with the bearer ``token``: the user's own, forwarded, or a
+        service credential (app/core/auth.py)."""
         headers = {"Authorization": f"Bearer {token}", **kwargs.pop("headers", {})}
         try:
             async with slot_released():  # not the worker's CPU: let another request work
                 with anyio.fail_after(self.timeout):
                     return await self.client.request(method, path, headers=headers, **kwargs)
         except (httpx.TransportError, TimeoutError) as exc:
+            not_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
             raise ServiceUnavailable(
-                f"{method} {self.url}{path}: {type(exc).__name__} {exc}".rstrip()
+                f"{method} {self.url}{path}: {type(exc).__name__} {exc}".rstrip(),
+                maybe_delivered=not not_sent,
             ) from exc
 
     async def aclose(self) -> None:

@@ -34,7 +34,8 @@ DEFAULT_DOMAINS: tuple[str, ...] = ("items", "notes")
 DOMAIN_REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "users": ("jwt_secret",),
     "orders": ("jwt_secret", "users_url", "payments_url"),
-    "payments": ("jwt_secret",),
+    # Payments checks tokens' users at the users service and orders at the orders service.
+    "payments": ("jwt_secret", "users_url", "orders_url"),
 }
 
 
@@ -187,12 +188,33 @@ class Settings(DatabaseSettings, ServingSettings):
     # socket, or the service's socket.
     users_url: ServiceURL | None = None
     payments_url: ServiceURL | None = None
+    # Where the payments service reaches /orders/{id} (to check an order before charging it).
+    orders_url: ServiceURL | None = None
     service_connect_timeout: PositiveSeconds = 1.0
     service_timeout: PositiveSeconds = 5.0
     # The simulated payment processor: the share of charges it accepts, and the seed that
     # (with the user and the idempotency key) decides each one, so a decision is repeatable.
     payment_success_rate: Annotated[float, Field(ge=0, le=1)] = 0.8
     payment_seed: Annotated[str, Field(min_length=1, max_length=255)] = "webstack"
+
+    # Exactly-once writes (app/core/idempotency.py): how long a stored answer to an
+    # Idempotency-Key is replayed; older ones are deleted by a periodic per-worker task.
+    idempotency_ttl: Annotated[int, Field(ge=60, le=30 * 86400)] = 86400
+    # How long a worker trusts the users service's answer that a token's user exists and is
+    # active (orders, payments); 0 asks every time. A deleted user's token dies within it.
+    auth_cache_ttl: Annotated[float, Field(ge=0, le=300)] = 5.0
+    # Orders left pending (the charge's outcome unknown: a worker died, payments timed
+    # out) are finished by a per-worker sweep that re-asks payments, one sweeper at a time.
+    order_sweep_interval: PositiveSeconds = 5.0
+    # Only orders pending at least this long are swept (longer than a charge may take).
+    order_stale_after: PositiveSeconds = 15.0
+    # Failed logins per account (e-mail or username, known or not) before each further
+    # failure locks it: lockout_base seconds, doubling per failure up to lockout_max.
+    # The count is forgotten failure_window seconds after the last failure.
+    login_max_failures: Annotated[int, Field(ge=1, le=1000)] = 5
+    login_lockout_base: PositiveSeconds = 30.0
+    login_lockout_max: PositiveSeconds = 900.0
+    login_failure_window: Annotated[int, Field(ge=1)] = 3600
 
 
 def env_name(field: str) -> str:

@@ -7,13 +7,15 @@ from typing import Any
 from fastapi import APIRouter, status
 
 from app.core.domain import JSONBytes
+from app.core.idempotency import IdempotentRoute
 from app.core.schemas import DEFAULT_LIMIT, IdPath, LimitQuery, SkipQuery
 from app.items.schemas import ItemCreate, ItemRead, ItemUpdate
 from app.items.service import ItemServiceDep
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No item with this id"}}
 
-router = APIRouter(prefix="/api/items", tags=["items"])
+# Writes honour Idempotency-Key: a retried POST, PATCH or DELETE is answered, not redone.
+router = APIRouter(prefix="/api/items", tags=["items"], route_class=IdempotentRoute)
 
 
 @router.get("", response_model=list[ItemRead], response_class=JSONBytes)

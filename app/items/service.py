@@ -10,6 +10,7 @@ from sqlalchemy import func, update
 from app.core.cache import CacheKeys
 from app.core.crud import CachedCrud
 from app.core.errors import NotFoundError
+from app.core.idempotency import after_commit, unit_of_work
 from app.items.models import Item
 from app.items.schemas import ItemRead, ItemUpdate
 
@@ -24,7 +25,7 @@ class ItemService(CachedCrud[ItemRead]):
 
     async def update(self, item_id: int, data: ItemUpdate) -> ItemRead:
         changes = data.model_dump(exclude_unset=True)
-        async with self.sessions() as session:
+        async with unit_of_work(self.sessions) as session:
             if not changes:
                 # Nothing to change: answer with the current state, and touch nothing.
                 current = await session.get(Item, item_id)
@@ -41,8 +42,7 @@ class ItemService(CachedCrud[ItemRead]):
             item = (await session.scalars(statement)).one_or_none()
             if item is None:
                 raise NotFoundError("item", item_id)
-            await session.commit()
-        await self.cache.invalidate(KEYS, item_id)
+        await after_commit(lambda: self.cache.invalidate(KEYS, item_id))
         return ItemRead.model_validate(item)
 
 

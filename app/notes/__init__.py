@@ -5,7 +5,12 @@ from typing import cast
 from sqlalchemy import Table
 
 from app.core.domain import Domain
+from app.core.idempotency import IdempotencyRecord
 from app.notes.models import Note
 from app.notes.router import router
 
-domain = Domain(name="notes", router=router, tables=(cast(Table, Note.__table__),))
+domain = Domain(
+    name="notes",
+    router=router,
+    tables=(cast(Table, Note.__table__), cast(Table, IdempotencyRecord.__table__)),
+)

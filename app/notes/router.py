@@ -7,13 +7,15 @@ from typing import Any
 from fastapi import APIRouter, status
 
 from app.core.domain import JSONBytes
+from app.core.idempotency import IdempotentRoute
 from app.core.schemas import DEFAULT_LIMIT, IdPath, LimitQuery, SkipQuery
 from app.notes.schemas import NoteCreate, NoteRead
 from app.notes.service import NoteServiceDep
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No note with this id"}}
 
-router = APIRouter(prefix="/api/notes", tags=["notes"])
+# Writes honour Idempotency-Key: a retried POST, PATCH or DELETE is answered, not redone.
+router = APIRouter(prefix="/api/notes", tags=["notes"], route_class=IdempotentRoute)
 
 
 @router.get("", response_model=list[NoteRead], response_class=JSONBytes)

@@ -1,4 +1,4 @@
-"""Orders: lines totalled by the server, the user checked and the order charged over HTTP."""
+"""Orders: lines totalled by the server, charged once over HTTP, finished if interrupted."""
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -7,16 +7,19 @@ from typing import cast
 from fastapi import FastAPI
 from sqlalchemy import Table
 
+from app.core.auth import RemoteUserCheck
 from app.core.domain import Domain
+from app.core.idempotency import IdempotencyRecord
 from app.core.services import ServiceClient
 from app.core.settings import Settings
 from app.orders.models import Order, OrderItem
 from app.orders.router import build_router
+from app.orders.service import sweeper
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
-    """The clients of the users and payments services, per worker."""
+    """Per worker: the clients of the users and payments services, and the sweep."""
     assert settings.users_url is not None and settings.payments_url is not None
     clients = {
         "users_service": settings.users_url,
@@ -30,9 +33,15 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
             app.state.tracer_provider,
         )
         setattr(app.state, name, client)
+    own_check = not hasattr(app.state, "user_check")  # the users domain's check wins
+    if own_check:
+        app.state.user_check = RemoteUserCheck(app.state.users_service, settings.auth_cache_ttl)
     try:
-        yield
+        async with sweeper(app, settings):
+            yield
     finally:
+        if own_check and hasattr(app.state, "user_check"):
+            del app.state.user_check
         for name in clients:
             await getattr(app.state, name).aclose()
 
@@ -40,7 +49,11 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
 domain = Domain(
     name="orders",
     router=build_router("/orders"),
-    tables=(cast(Table, Order.__table__), cast(Table, OrderItem.__table__)),
+    tables=(
+        cast(Table, Order.__table__),
+        cast(Table, OrderItem.__table__),
+        cast(Table, IdempotencyRecord.__table__),
+    ),
     prefix="/orders",
     service_router=build_router(""),
     lifespan=lifespan,

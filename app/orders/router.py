@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, Response, status
 
+from app.core import idempotency
 from app.core.auth import CurrentUser
 from app.core.schemas import DEFAULT_LIMIT, IdPath, LimitQuery, SkipQuery
 from app.orders.schemas import OrderCreate, OrderRead
@@ -14,9 +15,20 @@ from app.orders.service import OrderServiceDep
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {"description": "No valid bearer token"}}
 
 
-async def create_order(data: OrderCreate, user: CurrentUser, service: OrderServiceDep) -> OrderRead:
-    """Place an order and charge it: 201 with status ``confirmed`` or ``failed``."""
-    return OrderRead.model_validate(await service.create(user, data))
+async def create_order(
+    request: Request, data: OrderCreate, user: CurrentUser, service: OrderServiceDep
+) -> Response:
+    """Place an order and charge it: 201 with status ``confirmed`` or ``failed``, or
+    ``pending`` while the payment's outcome is unknown (it is then finished shortly).
+
+    With an ``Idempotency-Key``, a retry answers with the first attempt's order (resuming
+    it if it was interrupted), never a second order or a second charge.
+    """
+    key = idempotency.key_from(request)
+    keyed = None
+    if key is not None:
+        keyed = await idempotency.keyed_request(request, f"user:{user.user_id}", key)
+    return await service.place(user, data, keyed)
 
 
 async def list_orders(
@@ -43,7 +55,13 @@ def build_router(prefix: str) -> APIRouter:
         create_order,
         methods=["POST"],
         status_code=status.HTTP_201_CREATED,
-        responses={**UNAUTHORIZED, 503: {"description": "The user service cannot be reached"}},
+        response_model=OrderRead,
+        responses={
+            **UNAUTHORIZED,
+            422: {"description": "Bad input, or an Idempotency-Key used for another request"},
+            503: {"description": "The user service cannot be reached"},
+        },
+        openapi_extra={"parameters": [idempotency.KEY_PARAMETER]},
     )
     router.add_api_route(root, list_orders, methods=["GET"], responses=UNAUTHORIZED)
     router.add_api_route(

@@ -6,25 +6,37 @@ from typing import Any
 
 from fastapi import APIRouter, Response, status
 
-from app.core.auth import CurrentUser
+from app.core.auth import CurrentUser, OrdersServiceCaller
+from app.core.idempotency import IdempotentRoute
 from app.core.schemas import DEFAULT_LIMIT, IdPath, LimitQuery, SkipQuery
-from app.payments.schemas import IdempotencyKey, PaymentCreate, PaymentRead
+from app.payments.schemas import OrderCharge, PaymentCreate, PaymentRead
 from app.payments.service import PaymentServiceDep
 
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {"description": "No valid bearer token"}}
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No payment of yours"}}
+# The path only the orders service may call; nginx must not route it (see app/README.md).
+INTERNAL_CHARGES = "/internal/charges"
 
 
 async def create_payment(
-    data: PaymentCreate,
-    user: CurrentUser,
-    service: PaymentServiceDep,
-    response: Response,
-    idempotency_key: IdempotencyKey = None,
+    data: PaymentCreate, user: CurrentUser, service: PaymentServiceDep, response: Response
 ) -> PaymentRead:
-    """Charge ``amount``. 201 with the new payment, ``completed`` or ``failed`` (declined);
-    200 with the existing one when its idempotency key was seen before."""
-    payment, created = await service.charge(user.user_id, data, idempotency_key)
+    """Pay your order ``order_id``: ``amount`` and ``currency`` must be the order's.
+
+    201 with the new payment, ``completed`` or ``failed`` (declined); 200 with the
+    existing payment when the order has one already (an order is charged once).
+    """
+    payment, created = await service.pay_order(user, data)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return PaymentRead.model_validate(payment)
+
+
+async def charge_order(
+    data: OrderCharge, service: PaymentServiceDep, response: Response
+) -> PaymentRead:
+    """The orders service charges an order for its user (its credential only)."""
+    payment, created = await service.charge(data.user_id, data)
     if not created:
         response.status_code = status.HTTP_200_OK
     return PaymentRead.model_validate(payment)
@@ -56,7 +68,8 @@ async def refund_payment(
 
 def build_router(prefix: str) -> APIRouter:
     """The routes under ``prefix`` ("/payments" in one app; "" for the service alone)."""
-    router = APIRouter(prefix=prefix, tags=["payments"])
+    # Writes honour Idempotency-Key: a retried charge or refund is answered, not redone.
+    router = APIRouter(prefix=prefix, tags=["payments"], route_class=IdempotentRoute)
     root = "" if prefix else "/"
     router.add_api_route(
         root,
@@ -65,9 +78,20 @@ def build_router(prefix: str) -> APIRouter:
         status_code=status.HTTP_201_CREATED,
         responses={
             **UNAUTHORIZED,
-            200: {"description": "A retry: the payment this key made before", "model": PaymentRead},
-            409: {"description": "The idempotency key was used for another charge"},
+            200: {"description": "The order's existing payment", "model": PaymentRead},
+            404: {"description": "No order of yours with this id"},
+            409: {"description": "The order failed, or was paid by another method"},
+            422: {"description": "Bad input, or not the order's amount or currency"},
+            503: {"description": "The user or order service cannot be reached"},
         },
+    )
+    router.add_api_route(
+        INTERNAL_CHARGES,
+        charge_order,
+        methods=["POST"],
+        status_code=status.HTTP_201_CREATED,
+        dependencies=[OrdersServiceCaller],
+        include_in_schema=False,
     )
     router.add_api_route(root, list_payments, methods=["GET"], responses=UNAUTHORIZED)
     router.add_api_route(

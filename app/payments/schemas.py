@@ -6,11 +6,13 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated
 
-from fastapi import Header
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.core.charges import DEFAULT_CURRENCY, DEFAULT_PAYMENT_METHOD, Currency, PaymentMethod
 from app.core.money import Amount
 from app.core.schemas import MAX_ID, Timestamp
+
+OrderId = Annotated[int, Field(ge=1, le=MAX_ID)]
 
 
 class PaymentStatus(StrEnum):
@@ -20,27 +22,21 @@ class PaymentStatus(StrEnum):
     REFUNDED = "refunded"  # was completed
 
 
-# Printable ASCII without spaces, as the IETF draft's examples (UUIDs, tokens).
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        min_length=1,
-        max_length=255,
-        pattern=r"^[\x21-\x7e]+$",
-        description=(
-            "Makes a retried charge return the payment of the first attempt instead of "
-            "charging again. Without it, `order_id` serves as the key (`order:{order_id}`)."
-        ),
-    ),
-]
-
-
 class PaymentCreate(BaseModel):
+    """A user pays one of their orders: ``amount`` and ``currency`` must be the order's."""
+
     model_config = ConfigDict(extra="forbid")
 
+    order_id: OrderId
     amount: Amount
-    order_id: Annotated[int, Field(ge=1, le=MAX_ID)] | None = None
+    currency: Currency = DEFAULT_CURRENCY
+    payment_method: PaymentMethod = DEFAULT_PAYMENT_METHOD
+
+
+class OrderCharge(PaymentCreate):
+    """The orders service charges an order for its user (internal route)."""
+
+    user_id: Annotated[int, Field(ge=1, le=MAX_ID)]
 
 
 class PaymentRead(BaseModel):
@@ -50,6 +46,8 @@ class PaymentRead(BaseModel):
     user_id: int
     order_id: int | None
     amount: Decimal
+    currency: str
+    payment_method: str
     status: PaymentStatus
     failure_reason: str | None
     transaction_id: str | None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, String, func
+from sqlalchemy import DateTime, String, func, true
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.database import Base
@@ -20,4 +20,7 @@ class User(Base):
     full_name: Mapped[str | None] = mapped_column(String(255))
     # Argon2id in PHC format ($argon2id$v=19$m=...,t=...,p=...$salt$hash).
     password_hash: Mapped[str] = mapped_column(String(255))
+    # False: the account may not log in, and its tokens stop working everywhere (within
+    # APP_AUTH_CACHE_TTL). Set by an operator (UPDATE users SET is_active = false ...).
+    is_active: Mapped[bool] = mapped_column(server_default=true())
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

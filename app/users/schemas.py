@@ -81,13 +81,47 @@ class UserCreate(BaseModel):
         return self
 
 
+LoginName = Annotated[str, Field(min_length=1, max_length=254)]
+# Any length the register rule ever allowed; no strength check at login.
+LoginPassword = Annotated[str, Field(min_length=1, max_length=PASSWORD_MAX)]
+
+
 class LoginRequest(BaseModel):
+    """``{"username": <username or e-mail>, "password"}`` or ``{"email", "password"}``."""
+
     model_config = ConfigDict(extra="forbid")
 
-    # The username or the e-mail address.
-    username: Annotated[str, Field(min_length=1, max_length=254)]
-    # Any length the register rule ever allowed; no strength check at login.
-    password: Annotated[str, Field(min_length=1, max_length=PASSWORD_MAX)]
+    username: LoginName | None = None
+    email: LoginName | None = None
+    password: LoginPassword
+
+    @model_validator(mode="after")
+    def _one_name(self) -> Self:
+        if (self.username is None) == (self.email is None):
+            raise ValueError("give either username (a username or an e-mail address) or email")
+        return self
+
+    @property
+    def name(self) -> str:
+        """The username or e-mail address to look up, lower-case."""
+        return (self.username or self.email or "").lower()
+
+
+class LoginForm(BaseModel):
+    """The OAuth2 password grant (RFC 6749, 4.3) as the docs' Authorize button sends it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    grant_type: Literal["password"] | None = None
+    username: LoginName
+    password: LoginPassword
+    # Part of the grant; nothing here uses them.
+    scope: Annotated[str, Field(max_length=1000)] = ""
+    client_id: Annotated[str, Field(max_length=255)] | None = None
+    client_secret: Annotated[str, Field(max_length=255)] | None = None
+
+    def as_request(self) -> LoginRequest:
+        return LoginRequest(username=self.username, password=self.password)
 
 
 class Token(BaseModel):
@@ -105,6 +139,7 @@ class UserRead(BaseModel):
     email: str
     username: str
     full_name: str | None
+    is_active: bool
     created_at: Timestamp
 
 

@@ -1,4 +1,8 @@
-"""Users: registration, login, profiles. PostgreSQL only (nothing here is cached)."""
+"""Users: registration, login, profiles, and whether a token's user may act.
+
+PostgreSQL holds the accounts (nothing here is cached); Valkey holds the failed-login
+counts (``lockout.py``).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.auth import issue_token, unauthorized
 from app.core.errors import NotFoundError
+from app.core.idempotency import unit_of_work
 from app.core.settings import Settings
+from app.users.lockout import LoginLockout
 from app.users.models import User
 from app.users.passwords import Passwords
 from app.users.schemas import LoginRequest, Token, UserCreate
@@ -20,21 +26,42 @@ EMAIL_TAKEN = "e-mail address already registered"
 USERNAME_TAKEN = "username already taken"
 
 
+BAD_LOGIN = "incorrect username or password"
+
+
 def _conflict(detail: str) -> HTTPException:
     return HTTPException(status.HTTP_409_CONFLICT, detail=detail)
 
 
+class LocalUserCheck:
+    """The users service's own answer to "may this token's user act?": its table."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
+
+    async def is_active(self, user_id: int, token: str) -> bool:
+        async with self.sessions() as session:
+            active = await session.scalar(select(User.is_active).where(User.id == user_id))
+        return bool(active)
+
+
 class UserService:
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], passwords: Passwords, settings: Settings
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        passwords: Passwords,
+        settings: Settings,
+        lockout: LoginLockout,
     ) -> None:
         self.sessions = sessions
         self.passwords = passwords
         self.settings = settings
+        self.lockout = lockout
 
     async def register(self, data: UserCreate) -> User:
         # Checked first so that a taken name costs no hash; the unique constraints still
-        # decide when two registrations race.
+        # decide when two registrations race. A read: it does not open the write (and
+        # hold a connection through the hash).
         async with self.sessions() as session:
             taken = (
                 await session.execute(
@@ -53,26 +80,37 @@ class UserService:
             full_name=data.full_name,
             password_hash=await self.passwords.hash(data.password),
         )
-        async with self.sessions() as session:
-            session.add(user)
-            try:
-                await session.commit()
-            except IntegrityError as exc:
-                taken = EMAIL_TAKEN if "uq_users_email" in str(exc) else USERNAME_TAKEN
-                raise _conflict(taken) from None
+        try:
+            async with unit_of_work(self.sessions) as session:
+                session.add(user)
+                await session.flush()  # the unique constraints speak here
+        except IntegrityError as exc:
+            taken = EMAIL_TAKEN if "uq_users_email" in str(exc) else USERNAME_TAKEN
+            raise _conflict(taken) from None
         return user
 
     async def login(self, data: LoginRequest) -> Token:
-        name = data.username.lower()
+        """A token, or 401 for a wrong name or password (alike), or 429 while locked."""
+        name = data.name
+        wait = await self.lockout.retry_after(name)
+        if wait is not None:
+            raise HTTPException(
+                status.HTTP_429_TOO_MANY_REQUESTS,
+                detail="too many failed logins; try again later",
+                headers={"Retry-After": str(wait)},
+            )
         column = User.email if "@" in name else User.username
         async with self.sessions() as session:
             user = await session.scalar(select(User).where(column == name))
         if user is None:
             await self.passwords.verify_unknown_user(data.password)
-            raise unauthorized("incorrect username or password", error=None)
-        valid, new_hash = await self.passwords.verify(data.password, user.password_hash)
-        if not valid:
-            raise unauthorized("incorrect username or password", error=None)
+            valid, new_hash = False, None
+        else:
+            valid, new_hash = await self.passwords.verify(data.password, user.password_hash)
+        if user is None or not valid or not user.is_active:
+            await self.lockout.failed(name)
+            raise unauthorized(BAD_LOGIN, error=None)
+        await self.lockout.succeeded(name)
         if new_hash is not None:  # the hash costs changed since: upgrade it now
             async with self.sessions() as session:
                 await session.execute(
@@ -85,7 +123,7 @@ class UserService:
     async def me(self, user_id: int) -> User:
         async with self.sessions() as session:
             user = await session.get(User, user_id)
-        if user is None:  # a valid token for an account that is gone
+        if user is None or not user.is_active:  # a valid token of an account gone or off
             raise unauthorized("unknown user")
         return user
 
@@ -104,7 +142,7 @@ class UserService:
 
 async def get_user_service(request: Request) -> UserService:
     state = request.app.state
-    return UserService(state.sessionmaker, state.passwords, state.settings)
+    return UserService(state.sessionmaker, state.passwords, state.settings, state.login_lockout)
 
 
 UserServiceDep = Annotated[UserService, Depends(get_user_service)]
