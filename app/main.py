@@ -22,6 +22,7 @@ from importlib import import_module
 from fastapi import FastAPI
 
 from app.core import metrics, telemetry
+from app.core.body import RequestBodyGuard
 from app.core.cache import Cache
 from app.core.concurrency import ConcurrencyLimitMiddleware
 from app.core.database import create_engine, create_schema, create_sessionmaker
@@ -127,6 +128,11 @@ def create_app(settings: Settings | None = None, domains: Sequence[str] | None =
         ConcurrencyLimitMiddleware,
         limit=serving.max_concurrent_requests,
         exempt=frozenset(unqueued | {root_path + path for path in unqueued}),
+    )
+    # Outside the limit: a body is read, and a hostile one refused, before its request
+    # holds a slot.
+    app.add_middleware(
+        RequestBodyGuard, max_bytes=serving.max_body_bytes, max_depth=serving.max_json_depth
     )
     if serving.metrics_enabled:
         # Before the domains' routes: a service's /{user_id} would otherwise take /metrics.
