@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import random
+import re
 import statistics
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -13,13 +15,15 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import TypeAdapter, ValidationError
 
 from app.core.body import MAX_REPORTED
+from app.core.money import Amount, Price
 from app.core.schemas import MAX_TEXT_LENGTH
 from app.main import ALL_DOMAINS
 from tests.conftest import Api, make_settings, running_app
 from tests.servers import CacheServer, GunicornServer, PostgresServer, clean_env
-from tests.stack import PASSWORD, seed_001_settings
+from tests.stack import PASSWORD, seed_001_settings, token_for
 from tests.test_metrics import sample, scrape
 
 JSON = {"content-type": "application/json"}
@@ -399,3 +403,40 @@ async def test_a_worker_refusing_hostile_bodies_keeps_answering(
     # ... and another request waits at most for the few refusals ahead of it.
     assert statistics.median(busy) < 0.05
     assert max(busy) < 0.5
+
+
+@pytest.mark.parametrize("amount", ["1e2", " 5", "+5", "5.000", "1.", "0x10", "1_000"])
+async def test_money_strings_are_plain_decimals(everything: Api, amount: str) -> None:
+    line = {"name": "x", "quantity": 1, "price": amount}
+    auth = token_for(1, everything.app.state.settings)
+    for path, body, field in (
+        ("/payments", {"amount": amount}, ["amount"]),
+        ("/orders", {"items": [line]}, ["items", 0, "price"]),
+    ):
+        response = await everything.client.post(path, json=body, headers=auth)
+        assert response.status_code == 422, (path, response.text)
+        assert response.json()["detail"][0]["loc"] == ["body", *field]
+    await nothing_written(everything)
+
+
+@pytest.mark.parametrize("money_type", [Price, Amount], ids=["Price", "Amount"])
+def test_the_documented_money_pattern_is_what_the_server_accepts(money_type: Any) -> None:
+    """The schema's pattern for money strings and the validator agree, string by string."""
+    money = TypeAdapter(money_type)
+    pattern = re.compile(money.json_schema()["anyOf"][1]["pattern"])
+    maximum = money.json_schema()["anyOf"][0]["maximum"]
+    chosen = random.Random(2026)  # noqa: S311  # test data, not a secret
+    candidates = ["29.99", ".5", "0.01", "007.50", "0.00", "1.", "", f"{maximum:.2f}", "1e2"]
+    candidates += [
+        "".join(chosen.choice("0123456789.-+e ") for _ in range(chosen.randint(1, 14)))
+        for _ in range(20000)
+    ]
+
+    def accepted(value: str) -> bool:
+        try:
+            money.validate_python(value)
+        except ValidationError:
+            return False
+        return True
+
+    assert [c for c in candidates if accepted(c) != bool(pattern.match(c))] == []
