@@ -102,6 +102,17 @@ async def test_lone_surrogates_are_422_naming_the_field(everything: Api, token: 
     await nothing_written(everything)
 
 
+async def test_nul_is_422_in_any_field(everything: Api) -> None:
+    """No PostgreSQL text holds U+0000: refused in every field, typed as text or not (a
+    login's username reached the driver, a 500, before)."""
+    for path, template, field in TEXT_FIELDS:
+        response = await post(everything, path, fill(template, b'"a\\u0000b"'))
+        assert response.status_code == 422, (path, field, response.text)
+        [error] = response.json()["detail"]
+        assert (error["type"], error["loc"]) == ("string_nul", ["body", *field])
+    await nothing_written(everything)
+
+
 async def test_a_surrogate_in_a_field_name_is_422(everything: Api) -> None:
     response = await post(everything, "/api/items", b'{"name": "x", "\\udc00": 1}')
     assert response.status_code == 422

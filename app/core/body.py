@@ -17,8 +17,9 @@ once, cheaply, before anything parses them:
 * it must be UTF-8 (RFC 8259) and JSON (422 ``json_invalid``, where the app answered 400,
   or accepted UTF-16); it is decoded once with hooks that mark ``NaN``, ``Infinity``,
   numbers that overflow to infinity and integers too long to convert; only when a hook
-  fired or the text may hold a surrogate is the result walked, to name the field of each
-  problem (422, in FastAPI's validation error shape).
+  fired or the text may hold a surrogate or a NUL (which no PostgreSQL text can store) is
+  the result walked, to name the field of each problem (422, in FastAPI's validation error
+  shape).
 
 The app then gets the same bytes and parses them as usual: decoding 64 KiB of JSON twice
 costs well under a millisecond, and the walk is skipped for every ordinary body.
@@ -46,9 +47,10 @@ _STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
 _NOT_BRACKETS = bytes(byte for byte in range(256) if byte not in b"[]{}")
 _OPENERS = frozenset(b"[{")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
-# Where a decoded string may hold a surrogate: an escape \uD800 ... \uDFFF (half of a pair,
-# which the decoder joins, or a lone one) or one encoded in the bytes themselves.
-_MAYBE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}|[\ud800-\udfff]")
+# Where a decoded string may hold a NUL or a surrogate: the escape \u0000, an escape
+# \uD800 ... \uDFFF (half of a pair, which the decoder joins, or a lone one) or a
+# surrogate encoded in the bytes themselves. (JSON allows no raw control characters.)
+_SUSPECT = re.compile(r"\\u0000|\\u[dD][89a-fA-F][0-9a-fA-F]{2}|[\ud800-\udfff]")
 
 
 class _BadNumber:
@@ -96,33 +98,40 @@ def _clean(text: str) -> str:
     return _SURROGATE.sub("\ufffd", text)
 
 
+def _text_problem(text: str, loc: tuple[str | int, ...], found: list[dict[str, Any]]) -> None:
+    if len(found) >= MAX_REPORTED:
+        return
+    if _SURROGATE.search(text):
+        found.append(
+            {
+                "type": "string_unicode",
+                "loc": list(loc),
+                "msg": "Input should be valid Unicode text, without lone surrogates",
+            }
+        )
+    elif "\x00" in text:  # PostgreSQL stores no U+0000 in text, nor in jsonb
+        found.append(
+            {
+                "type": "string_nul",
+                "loc": list(loc),
+                "msg": "Input should not contain NUL characters",
+            }
+        )
+
+
 def _problems(value: Any, loc: tuple[str | int, ...], found: list[dict[str, Any]]) -> None:
     """Append an error for every lone surrogate and bad number in ``value`` (recursion is
     bounded: the depth was checked first)."""
     if len(found) >= MAX_REPORTED:
         return
     if isinstance(value, str):
-        if _SURROGATE.search(value):
-            found.append(
-                {
-                    "type": "string_unicode",
-                    "loc": list(loc),
-                    "msg": "Input should be valid Unicode text, without lone surrogates",
-                }
-            )
+        _text_problem(value, loc, found)
     elif isinstance(value, _BadNumber):
         found.append({"type": "finite_number", "loc": list(loc), "msg": value.message})
     elif isinstance(value, dict):
         for key, child in value.items():
             here = (*loc, _clean(key))
-            if _SURROGATE.search(key) and len(found) < MAX_REPORTED:
-                found.append(
-                    {
-                        "type": "string_unicode",
-                        "loc": list(here),
-                        "msg": "Field names should be valid Unicode text, without lone surrogates",
-                    }
-                )
+            _text_problem(key, here, found)  # a field name is text too
             _problems(child, here, found)
     elif isinstance(value, list):
         for index, child in enumerate(value):
@@ -175,7 +184,7 @@ def json_errors(body: bytes, max_depth: int) -> list[dict[str, Any]]:
         )
     except json.JSONDecodeError as exc:
         return [_invalid(exc.pos, exc.msg)]
-    if not bad_numbers and not _MAYBE_SURROGATE.search(text):
+    if not bad_numbers and not _SUSPECT.search(text):
         return []
     found: list[dict[str, Any]] = []
     _problems(value, ("body",), found)
