@@ -21,7 +21,7 @@ from importlib import import_module
 
 from fastapi import FastAPI
 
-from app.core import metrics, telemetry
+from app.core import metrics, openapi, telemetry
 from app.core.body import RequestBodyGuard
 from app.core.cache import Cache
 from app.core.concurrency import ConcurrencyLimitMiddleware
@@ -143,6 +143,7 @@ def create_app(settings: Settings | None = None, domains: Sequence[str] | None =
             app.include_router(domain.service_router)
         else:
             app.include_router(domain.router)
+    openapi.install(app, domains=names, max_body_bytes=serving.max_body_bytes)
     if root_path:
         app.add_middleware(RootPathMiddleware, root_path=root_path)  # outermost of ours
     app.state.tracer_provider = telemetry.instrument_app(app)
