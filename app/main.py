@@ -129,8 +129,8 @@ def create_app(settings: Settings | None = None, domains: Sequence[str] | None =
         limit=serving.max_concurrent_requests,
         exempt=frozenset(unqueued | {root_path + path for path in unqueued}),
     )
-    # Outside the limit: a body is read, and a hostile one refused, before its request
-    # holds a slot.
+    # Outside the limit: a body is read and checked before its request takes a slot, so
+    # a slow or hostile upload holds none; the route then gets it, or its refusal, at once.
     app.add_middleware(
         RequestBodyGuard, max_bytes=serving.max_body_bytes, max_depth=serving.max_json_depth
     )

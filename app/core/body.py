@@ -120,7 +120,7 @@ def _text_problem(text: str, loc: tuple[str | int, ...], found: list[dict[str, A
 
 
 def _problems(value: Any, loc: tuple[str | int, ...], found: list[dict[str, Any]]) -> None:
-    """Append an error for every lone surrogate and bad number in ``value`` (recursion is
+    """Append an error for every lone surrogate, NUL and bad number in ``value`` (recursion is
     bounded: the depth was checked first)."""
     if len(found) >= MAX_REPORTED:
         return
@@ -204,11 +204,11 @@ def _invalid(position: int, reason: str) -> dict[str, Any]:
 class RequestBodyGuard:
     """Reads request bodies up to ``max_bytes`` and checks JSON ones before the app sees them.
 
-    A body is read here, ahead of the route (and of the concurrency limit): a refused one
-    never takes a slot. The refusal itself is raised when the route asks for the body, as
-    an :class:`HTTPException` (413, or 422 with FastAPI's validation error list): so the
-    router has chosen the route, and metrics and traces name it; and only a route that
-    takes a body refuses one, as the OpenAPI schema documents.
+    A body is read and checked here, ahead of the route and of the concurrency limit (an
+    upload, slow or hostile, holds no slot). The refusal is raised when the route asks for
+    the body, as an :class:`HTTPException` (413, or 422 with FastAPI's validation error
+    list): so the router has chosen the route, and metrics and traces name it; and only a
+    route that takes a body refuses one, as the OpenAPI schema documents.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int, max_depth: int) -> None:
