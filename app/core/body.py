@@ -226,7 +226,7 @@ class RequestBodyGuard:
             await self.app(scope, receive, send)  # no body (GET, DELETE, ...)
             return
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self.app(scope, _refusal(self._too_large(), receive), send)
+            await self.app(scope, _body_then(self._too_large(), receive), send)
             return
         chunks: list[bytes] = []
         size = 0
@@ -237,7 +237,7 @@ class RequestBodyGuard:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await self.app(scope, _refusal(self._too_large(), receive), send)
+                await self.app(scope, _body_then(self._too_large(), receive), send)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -247,9 +247,10 @@ class RequestBodyGuard:
             errors = json_errors(body, self.max_depth)
             if errors:
                 refused = HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=errors)
-                await self.app(scope, _refusal(refused, receive), send)
+                await self.app(scope, _body_then(refused, receive), send)
                 return
-        await self.app(scope, _replay(body, receive), send)
+        body_message = {"type": "http.request", "body": body, "more_body": False}
+        await self.app(scope, _body_then(body_message, receive), send)
 
     def _too_large(self) -> HTTPException:
         return HTTPException(
@@ -260,29 +261,18 @@ class RequestBodyGuard:
         )
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A ``receive`` that hands the app the body already read, then waits for disconnects."""
-    sent = False
+def _body_then(first: Message | HTTPException, receive: Receive) -> Receive:
+    """A ``receive`` whose first call hands the app the body already read, or raises its
+    refusal, and whose later calls wait on the connection (for a disconnect)."""
+    given = False
 
-    async def replayed() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
+    async def body_then_connection() -> Message:
+        nonlocal given
+        if given:
+            return await receive()
+        given = True
+        if isinstance(first, HTTPException):
+            raise first
+        return first
 
-    return replayed
-
-
-def _refusal(error: HTTPException, receive: Receive) -> Receive:
-    """A ``receive`` that refuses the body when the app asks for it."""
-    refused = False
-
-    async def refuse() -> Message:
-        nonlocal refused
-        if not refused:
-            refused = True
-            raise error
-        return await receive()
-
-    return refuse
+    return body_then_connection
