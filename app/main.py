@@ -21,7 +21,8 @@ from importlib import import_module
 
 from fastapi import FastAPI
 
-from app.core import idempotency, metrics, telemetry
+from app.core import idempotency, metrics, openapi, telemetry
+from app.core.body import RequestBodyGuard
 from app.core.cache import Cache
 from app.core.concurrency import ConcurrencyLimitMiddleware
 from app.core.database import create_engine, create_schema, create_sessionmaker
@@ -130,6 +131,11 @@ def create_app(settings: Settings | None = None, domains: Sequence[str] | None =
         limit=serving.max_concurrent_requests,
         exempt=frozenset(unqueued | {root_path + path for path in unqueued}),
     )
+    # Outside the limit: a body is read and checked before its request takes a slot, so
+    # a slow or hostile upload holds none; the route then gets it, or its refusal, at once.
+    app.add_middleware(
+        RequestBodyGuard, max_bytes=serving.max_body_bytes, max_depth=serving.max_json_depth
+    )
     if serving.metrics_enabled:
         # Before the domains' routes: a service's /{user_id} would otherwise take /metrics.
         metrics.install(app)
@@ -139,6 +145,7 @@ def create_app(settings: Settings | None = None, domains: Sequence[str] | None =
             app.include_router(domain.service_router)
         else:
             app.include_router(domain.router)
+    openapi.install(app, domains=names, max_body_bytes=serving.max_body_bytes)
     if root_path:
         app.add_middleware(RootPathMiddleware, root_path=root_path)  # outermost of ours
     app.state.tracer_provider = telemetry.instrument_app(app)

@@ -123,49 +123,82 @@ class PostgresServer:
             "--auth-local=trust",
             "--auth-host=scram-sha-256",
         )
-        log = self.dir / "postgres.log"
         for _attempt in range(5):
             self.port = free_port()
-            with log.open("ab") as out:
-                self.process = subprocess.Popen(
-                    [
-                        str(self.bindir / "postgres"),
-                        "-D",
-                        str(data),
-                        "-p",
-                        str(self.port),
-                        "-k",
-                        str(self.dir),
-                        "-c",
-                        f"listen_addresses={self.host}",
-                        # A test cluster: durability is not the point, speed is.
-                        "-c",
-                        "fsync=off",
-                        "-c",
-                        "synchronous_commit=off",
-                        "-c",
-                        "full_page_writes=off",
-                        "-c",
-                        "max_connections=200",
-                    ],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    cwd=self.dir,
-                    start_new_session=True,
-                    **self._as_postgres,
-                )
             try:
-                _wait(self._ready, 30, "PostgreSQL", log)
+                self._launch()
                 break
             except RuntimeError:
-                if self.process.poll() is None:
+                if self.process is not None and self.process.poll() is None:
                     raise
                 # Lost the race for the port to another process: try another one.
         else:
+            log = self.dir / "postgres.log"
             raise RuntimeError(f"PostgreSQL did not start:\n{log.read_text(errors='replace')}")
         self.psql(f"CREATE ROLE {self.user} LOGIN CREATEDB PASSWORD '{self.password}'")
         self.create_database(self.database)
         return self
+
+    def _launch(self) -> None:
+        """Start the server on ``self.port`` and the data directory, and wait until ready."""
+        log = self.dir / "postgres.log"
+        with log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [
+                    str(self.bindir / "postgres"),
+                    "-D",
+                    str(self.dir / "data"),
+                    "-p",
+                    str(self.port),
+                    "-k",
+                    str(self.dir),
+                    "-c",
+                    f"listen_addresses={self.host}",
+                    # A test cluster: durability is not the point, speed is.
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "synchronous_commit=off",
+                    "-c",
+                    "full_page_writes=off",
+                    "-c",
+                    "max_connections=200",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.dir,
+                start_new_session=True,
+                **self._as_postgres,
+            )
+        _wait(self._ready, 30, "PostgreSQL", log)
+
+    def halt(self, how: signal.Signals = signal.SIGINT) -> None:
+        """Stop the server, keeping its data and port for :meth:`restart`.
+
+        ``SIGINT`` is a fast shutdown (sessions are told "terminating connection due to
+        administrator command"), ``SIGQUIT`` an immediate one; ``SIGKILL`` kills every
+        process of the server at once, as a crash or the OOM killer would.
+        """
+        assert self.process is not None
+        if how == signal.SIGKILL:
+            os.killpg(self.process.pid, signal.SIGKILL)  # the backends too
+        else:
+            self.process.send_signal(how)
+        self.process.wait(timeout=30)
+
+    def restart(self) -> None:
+        """Start a halted server again, on the same port and data; waits until ready."""
+        assert self.process is not None and self.process.poll() is not None
+        for _attempt in range(50):
+            try:
+                self._launch()
+                return
+            except RuntimeError:
+                # Killed backends may still be going away, holding the shared memory.
+                if self.process.poll() is None:
+                    raise
+                time.sleep(0.1)
+        raise RuntimeError("PostgreSQL did not start again")
 
     def _ready(self) -> bool:
         if self.process is not None and self.process.poll() is not None:

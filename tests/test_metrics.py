@@ -51,7 +51,7 @@ async def test_requests_are_counted_by_route_template(api: Api) -> None:
     assert delta("http_requests_total", method="GET", route="<unmatched>", status="404") == 1
     assert delta("http_requests_total", method="DELETE", route="/api/notes", status="405") == 1
     assert delta("http_request_duration_seconds_count", method="GET", route=item) == 3
-    assert delta("http_request_duration_seconds_bucket", route=item, le="+Inf") == 3
+    assert delta("http_request_duration_seconds_bucket", method="GET", route=item, le="+Inf") == 3
     # The scrapes are not counted, and nothing is in progress between requests.
     assert 'route="/metrics"' not in after
     assert sample(after, "http_requests_in_progress", method="GET") == 0

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sqlalchemy import MetaData, Table, text
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -34,6 +36,51 @@ NAMING_CONVENTION = {
 }
 
 
+# SQLSTATEs that mean "PostgreSQL cannot serve us now", not "the request or the code is
+# wrong": the same request may well succeed after a restart, a failover or a burst, so it
+# is answered 503 with Retry-After. Classes: 08 connection exception (lost, refused,
+# asyncpg's ConnectionDoesNotExistError), 53 insufficient resources (too many
+# connections, out of memory, disk full).
+UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08", "53"})
+UNAVAILABLE_SQLSTATES = frozenset(
+    {
+        "57P01",  # admin_shutdown: a fast shutdown or pg_terminate_backend
+        "57P02",  # crash_shutdown: another backend crashed
+        "57P03",  # cannot_connect_now: starting up, shutting down, in recovery
+        "57P05",  # idle_session_timeout: the server closed an idle connection
+        "57014",  # query_canceled: a statement timeout or an operator's cancel
+        "25006",  # read_only_sql_transaction: a standby (a failover in progress)
+    }
+)
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means PostgreSQL cannot be reached or cannot serve now (HTTP 503),
+    rather than a bug in the request's handling (HTTP 500).
+
+    The driver's errors arrive raw (a failed connect), or wrapped by SQLAlchemy
+    (``DBAPIError.orig``, itself raised from asyncpg's error with the same SQLSTATE).
+    """
+    current: BaseException | None = exc
+    for _ in range(4):  # at most SQLAlchemy's error, its adapted one, asyncpg's, their cause
+        if current is None:
+            return False
+        # Refused, reset, timed out (asyncpg's timeouts are TimeoutError, an OSError);
+        # no pooled connection free in time; and what DB-API calls operational errors.
+        if isinstance(current, (OSError, PoolTimeoutError, OperationalError)):
+            return True
+        if isinstance(current, DBAPIError):
+            if current.connection_invalidated:
+                return True
+            current = current.orig
+            continue
+        sqlstate = getattr(current, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate:
+            return sqlstate in UNAVAILABLE_SQLSTATES or sqlstate[:2] in UNAVAILABLE_SQLSTATE_CLASSES
+        current = current.__cause__
+    return False
+
+
 class Base(DeclarativeBase):
     """Declarative base of every domain's models."""
 
@@ -49,6 +96,8 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_timeout=settings.db_pool_timeout,
         pool_recycle=settings.db_pool_recycle,
         pool_pre_ping=True,
+        # Errors quote the SQL but never its values (passwords' hashes, users' text).
+        hide_parameters=True,
         connect_args={
             "timeout": settings.db_connect_timeout,
             "command_timeout": settings.db_command_timeout,

@@ -15,6 +15,9 @@ MAX_ID = 2_147_483_647
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 100
 MAX_SKIP = MAX_ID
+# Free text (an item's description, a note's content), in characters. Bodies are also
+# bounded in bytes (APP_MAX_BODY_BYTES, 64 KiB by default), which holds this much text.
+MAX_TEXT_LENGTH = 10_000
 
 IdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="Object id")]
 SkipQuery = Annotated[int, Query(ge=0, le=MAX_SKIP, description="Objects to skip")]
@@ -25,12 +28,14 @@ LimitQuery = Annotated[
 
 def _no_nul(value: str) -> str:
     # PostgreSQL text cannot hold U+0000; refuse it here instead of failing in the driver.
+    # (app/core/body.py refuses NULs and lone surrogates in any body before this; this
+    # covers text from elsewhere, such as a query.)
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
     return value
 
 
-Text = Annotated[str, AfterValidator(_no_nul)]
+Text = Annotated[str, Field(max_length=MAX_TEXT_LENGTH), AfterValidator(_no_nul)]
 Name = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_no_nul)]
 
 # ISO 8601 with a numeric offset (2026-02-28T12:00:00.123456+00:00), as the seed shows.

@@ -148,6 +148,12 @@ class ServingSettings(BaseSettings):
     # timeouts inside the app measure its dependencies, not its own queue
     # (app/core/concurrency.py). At most APP_CACHE_MAX_CONNECTIONS.
     max_concurrent_requests: Annotated[int, Field(ge=1)] = 64
+    # The largest request body read, in bytes; larger ones are refused with 413 before they
+    # are read (app/core/body.py). nginx's client_max_body_size should be the same value.
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 65536
+    # How deep arrays and objects may nest in a JSON body (ours need 3); deeper is 422,
+    # found by a scan of the bytes before any parser recurses into them.
+    max_json_depth: Annotated[int, Field(ge=4, le=256)] = 32
 
 
 class Settings(DatabaseSettings, ServingSettings):

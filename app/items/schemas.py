@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Self
-
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict
 
 from app.core.schemas import Name, Text, Timestamp
 
@@ -21,15 +19,11 @@ class ItemUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Name | None = None
+    # May be left out, never null (an item always has a name): typed without None, so the
+    # schema says so and a null is refused like any other non-string, naming the field.
+    # `description: null` clears the description.
+    name: Name = None  # type: ignore[assignment]
     description: Text | None = None
-
-    @model_validator(mode="after")
-    def _name_not_null(self) -> Self:
-        # `description: null` clears the description; a name is required, so null is refused.
-        if "name" in self.model_fields_set and self.name is None:
-            raise ValueError("name cannot be null")
-        return self
 
 
 class ItemRead(BaseModel):
