@@ -30,9 +30,20 @@ DOMAIN_PATHS: dict[str, str] = {
 }
 # The root service (prefix "") also answers these: its docs and the health check.
 ROOT_PATHS = ("/docs", "/redoc", "/openapi.json")
-# Which domain a service calls at which other service (the orders domain charges and checks
-# users through the users and payments services).
-DOMAIN_CALLS: dict[str, tuple[str, ...]] = {"orders": ("users", "payments")}
+# Which domains a domain calls at the services that serve them (app/core/settings.py,
+# DOMAIN_REQUIREMENTS): orders checks users and charges at payments; payments checks users
+# and reads the order it is paying.
+DOMAIN_CALLS: dict[str, tuple[str, ...]] = {
+    "orders": ("users", "payments"),
+    "payments": ("users", "orders"),
+}
+# Paths of a domain that only the other services call: never routed to the public.
+DOMAIN_INTERNAL_PATHS: dict[str, tuple[str, ...]] = {"payments": ("/payments/internal",)}
+# Paths that cost a password hash: proxies limit them harder per client address (POST only
+# where the path is also a collection).
+DOMAIN_AUTH_PATHS: dict[str, tuple[str, ...]] = {
+    "users": ("/users/login", "/users/register", "/users"),
+}
 
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 FIELDS = {
@@ -71,7 +82,9 @@ def webstack_topology(
     Added to each entry: ``hosts`` (inventory hosts that run it), ``socket`` (its Unix
     socket), ``upstream`` (nginx's name for it), ``paths`` (URL paths routed to it, with
     everything below them), ``prefix_paths`` (URL prefixes routed to it: the root service's
-    docs) and ``metrics_path`` (its Prometheus endpoint, never public).
+    docs), ``metrics_path`` (its Prometheus endpoint), ``internal_paths`` (what only other
+    services call; neither is ever public), ``auth_paths`` (paths that cost a password
+    hash) and ``calls`` (the domains it calls at other services).
     """
     if not isinstance(services, list) or not services:
         raise AnsibleFilterError(f"{VARIABLE} must be a non-empty list of services")
@@ -176,6 +189,9 @@ def webstack_topology(
                 "paths": [DOMAIN_PATHS[d] for d in domains],
                 "prefix_paths": list(ROOT_PATHS) if prefix == "" else [],
                 "metrics_path": f"{prefix}/metrics",
+                "internal_paths": [p for d in domains for p in DOMAIN_INTERNAL_PATHS.get(d, ())],
+                "auth_paths": [p for d in domains for p in DOMAIN_AUTH_PATHS.get(d, ())],
+                "calls": sorted({c for d in domains for c in DOMAIN_CALLS.get(d, ())}),
             }
         )
 
