@@ -58,6 +58,7 @@ def build_router(prefix: str) -> APIRouter:
         response_model=OrderRead,
         responses={
             **UNAUTHORIZED,
+            409: {"description": "The order this Idempotency-Key placed is gone"},
             422: {"description": "Bad input, or an Idempotency-Key used for another request"},
             503: {"description": "The user service cannot be reached"},
         },

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Response, status
 
 from app.core.auth import CurrentUser, OrdersServiceCaller
 from app.core.idempotency import IdempotentRoute
+from app.core.openapi import VALIDATION_ERRORS_OR_MESSAGE
 from app.core.schemas import DEFAULT_LIMIT, IdPath, LimitQuery, SkipQuery
 from app.payments.schemas import OrderCharge, PaymentCreate, PaymentRead
 from app.payments.service import PaymentServiceDep
@@ -81,7 +82,11 @@ def build_router(prefix: str) -> APIRouter:
             200: {"description": "The order's existing payment", "model": PaymentRead},
             404: {"description": "No order of yours with this id"},
             409: {"description": "The order failed, or was paid by another method"},
-            422: {"description": "Bad input, or not the order's amount or currency"},
+            422: {
+                "description": "Bad input (FastAPI's validation errors), or not the order's "
+                "amount or currency (a message)",
+                "content": VALIDATION_ERRORS_OR_MESSAGE,
+            },
             503: {"description": "The user or order service cannot be reached"},
         },
     )
