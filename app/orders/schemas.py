@@ -34,7 +34,16 @@ class OrderStatus(StrEnum):
 
 
 class OrderLineCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # The schema says what _one_name checks: exactly one of the two names is a string.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [
+                {"required": [field], "properties": {field: {"type": "string"}}}
+                for field in ("name", "product_name")
+            ]
+        },
+    )
 
     name: Name | None = None
     product_name: Name | None = None
@@ -53,7 +62,20 @@ class OrderLineCreate(BaseModel):
 
 
 class OrderCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # The example is the seed's shape; the docs show it, and the schema tests send it.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [{"product_name": "Widget", "quantity": 2, "price": "29.99"}],
+                    "total_amount": "59.98",
+                    "currency": "USD",
+                    "payment_method": "credit_card",
+                }
+            ]
+        },
+    )
 
     items: Annotated[list[OrderLineCreate], Field(min_length=1, max_length=MAX_LINES)]
     # What the client expects to pay: checked, never trusted.

@@ -25,7 +25,19 @@ class PaymentStatus(StrEnum):
 class PaymentCreate(BaseModel):
     """A user pays one of their orders: ``amount`` and ``currency`` must be the order's."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "order_id": 1,
+                    "amount": "59.98",
+                    "currency": "USD",
+                    "payment_method": "credit_card",
+                }
+            ]
+        },
+    )
 
     order_id: OrderId
     amount: Amount

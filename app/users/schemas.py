@@ -33,7 +33,8 @@ PASSWORD_MAX = 128
 
 
 def _lower(value: Any) -> Any:
-    return value.lower() if isinstance(value, str) else value
+    # ASCII only: "\u212a" (the Kelvin sign) lower-cases to "k", and is no username letter.
+    return value.lower() if isinstance(value, str) and value.isascii() else value
 
 
 def _strong(password: str) -> str:
@@ -56,7 +57,14 @@ def _strong(password: str) -> str:
 Username = Annotated[
     str,
     BeforeValidator(_lower),
-    Field(min_length=3, max_length=32, pattern=r"^[a-z0-9][a-z0-9._-]*$"),
+    Field(
+        min_length=3,
+        max_length=32,
+        pattern=r"^[a-z0-9][a-z0-9._-]*$",
+        # What a request may send (upper case too); pydantic leaves the pattern out of the
+        # request schema once a validator runs before it.
+        json_schema_extra={"pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]*$"},
+    ),
 ]
 Email = Annotated[EmailStr, AfterValidator(str.lower)]
 NewPassword = Annotated[
