@@ -23,7 +23,7 @@ from app.core.schemas import MAX_TEXT_LENGTH
 from app.main import ALL_DOMAINS
 from tests.conftest import Api, make_settings, running_app
 from tests.servers import CacheServer, GunicornServer, PostgresServer, clean_env
-from tests.stack import PASSWORD, seed_001_settings, token_for
+from tests.stack import PASSWORD, register, seed_001_settings, single_app
 from tests.test_metrics import sample, scrape
 
 JSON = {"content-type": "application/json"}
@@ -73,7 +73,9 @@ async def everything(pg: PostgresServer, cache_server: CacheServer) -> AsyncIter
     """One app serving every domain, as the single-app deployment does."""
     # The other services are never called: every body here is refused before that.
     unreachable = "unix:/nonexistent.sock"
-    settings = seed_001_settings(pg, cache_server, users_url=unreachable, payments_url=unreachable)
+    settings = seed_001_settings(
+        pg, cache_server, users_url=unreachable, payments_url=unreachable, orders_url=unreachable
+    )
     async with running_app(settings, domains=ALL_DOMAINS) as api:
         yield api
 
@@ -424,17 +426,26 @@ async def test_a_worker_refusing_hostile_bodies_keeps_answering(
 
 
 @pytest.mark.parametrize("amount", ["1e2", " 5", "+5", "5.000", "1.", "0x10", "1_000"])
-async def test_money_strings_are_plain_decimals(everything: Api, amount: str) -> None:
-    line = {"name": "x", "quantity": 1, "price": amount}
-    auth = token_for(1, everything.app.state.settings)
-    for path, body, field in (
-        ("/payments", {"amount": amount}, ["amount"]),
-        ("/orders", {"items": [line]}, ["items", 0, "price"]),
-    ):
-        response = await everything.client.post(path, json=body, headers=auth)
-        assert response.status_code == 422, (path, response.text)
-        assert response.json()["detail"][0]["loc"] == ["body", *field]
-    await nothing_written(everything)
+async def test_money_strings_are_plain_decimals(
+    pg: PostgresServer, cache_server: CacheServer, amount: str
+) -> None:
+    # A real user with a real order: only the money string is wrong in what follows.
+    async with single_app(pg, cache_server) as stack:
+        auth = await register(stack.client, "alice")
+        line = {"name": "x", "quantity": 1, "price": "5.00"}
+        order = await stack.client.post("/orders", json={"items": [line]}, headers=auth)
+        assert order.status_code == 201, order.text
+        order_id = order.json()["id"]
+        for path, body, field in (
+            ("/payments", {"order_id": order_id, "amount": amount}, ["amount"]),
+            ("/orders", {"items": [{**line, "price": amount}]}, ["items", 0, "price"]),
+            ("/orders", {"items": [line], "total_amount": amount}, ["total_amount"]),
+        ):
+            response = await stack.client.post(path, json=body, headers=auth)
+            assert response.status_code == 422, (path, response.text)
+            assert response.json()["detail"][0]["loc"] == ["body", *field]
+        for table in ("users", "orders", "payments"):
+            assert await stack.api.count(table) == 1, table
 
 
 @pytest.mark.parametrize("money_type", [Price, Amount], ids=["Price", "Amount"])
