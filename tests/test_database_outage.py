@@ -28,7 +28,7 @@ from app.core.database import database_unavailable
 from app.core.settings import Settings
 from app.main import create_app
 from tests.conftest import Api, make_settings, running_app
-from tests.servers import CacheServer, PostgresServer
+from tests.servers import CacheServer, PostgresServer, free_port
 
 ERRORS_LOG = "app.core.errors"
 APPLICATION_NAME = "webstack-app"
@@ -220,6 +220,20 @@ async def app_with_route(settings: Settings, path: str, endpoint: Any) -> AsyncI
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             yield Api(app, client)
+
+
+async def test_bad_input_with_an_idempotency_key_stays_422_while_unreachable(
+    own_pg: PostgresServer, cache_server: CacheServer
+) -> None:
+    """A keyed write is looked up in PostgreSQL only when it could have an earlier answer:
+    bad input cannot (its fingerprint is the same bad input), so it is 422, outage or not."""
+    settings = outage_settings(own_pg, cache_server, db_port=free_port(), db_create_schema=False)
+    async with running_app(settings, reset=False) as api:
+        key = {"Idempotency-Key": "k1"}
+        refused = await api.client.post("/api/items", json={"name": ""}, headers=key)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["detail"][0]["loc"] == ["body", "name"]
+        assert_unavailable(await api.client.post("/api/items", json={"name": "x"}, headers=key))
 
 
 async def test_bugs_stay_500_logged_without_their_parameters(

@@ -18,7 +18,9 @@ bearer token (checked before the key is looked at), ``service:orders`` on the in
 routes, ``anon`` elsewhere; the route is the method and its template as published
 (``POST /api/items``, ``PATCH /api/items/{item_id}``). So one user's keys never meet
 another's, nor one route's another's. The same key with another request (other path
-parameters, query or body: a SHA-256 fingerprint of them) is a 422.
+parameters, query or body: a SHA-256 fingerprint of them) is a 422. The body counts only
+where the route takes one: a route without one (DELETE) ignores whatever was sent, with
+a key as without (app/core/body.py).
 
 Only 2xx answers are stored: an error has written nothing (its transaction rolls back), so
 a retry of it runs again. A request without the header runs as before, without
@@ -152,14 +154,17 @@ class KeyedRequest:
     fingerprint: str
 
 
-async def keyed_request(request: Request, principal: str, key: str) -> KeyedRequest:
+async def keyed_request(
+    request: Request, principal: str, key: str, takes_body: bool = True
+) -> KeyedRequest:
     route = f"{request.method} {route_label(request.scope)}"
     digest = hashlib.sha256()
     params = json.dumps(sorted(request.path_params.items()), default=str)
     for part in (route, params, request.url.query):
         digest.update(part.encode())
         digest.update(b"\x00")
-    digest.update(await request.body())
+    if takes_body:  # reading it here is where a body refused by app/core/body.py is answered
+        digest.update(await request.body())
     return KeyedRequest(principal, route, key, digest.hexdigest())
 
 
@@ -352,8 +357,10 @@ class IdempotentRoute(APIRoute):
         else:
             principal = _anonymous
 
+        takes_body = self.body_field is not None
+
         async def idempotent(request: Request) -> Response:
-            return await run_once(request, handler, principal)
+            return await run_once(request, handler, principal, takes_body)
 
         return idempotent
 
@@ -372,13 +379,16 @@ async def _anonymous(request: Request) -> str:
 
 
 async def run_once(
-    request: Request, handler: Handler, principal_of: Callable[[Request], Awaitable[str]]
+    request: Request,
+    handler: Handler,
+    principal_of: Callable[[Request], Awaitable[str]],
+    takes_body: bool = True,
 ) -> Response:
     """Run ``handler`` with its writes and its key in one transaction, or replay."""
     key = key_from(request)
     if key is None:
         return await handler(request)
-    keyed = await keyed_request(request, await principal_of(request), key)
+    keyed = await keyed_request(request, await principal_of(request), key, takes_body)
     settings: Settings = request.app.state.settings
     transaction = _Transaction(request.app.state.sessionmaker, keyed, settings.idempotency_ttl)
     try:
@@ -392,6 +402,10 @@ async def run_once(
                         detail="a request with this Idempotency-Key is still in progress",
                     ) from None
                 return replay(answered.record)
+            except RequestValidationError:
+                # The same fingerprint is the same bad input: no earlier attempt can have
+                # succeeded, so no database is asked (and an outage leaves it a 422).
+                raise
             except Exception:
                 if transaction.session is None and (earlier := await _answered(transaction)):
                     return earlier
