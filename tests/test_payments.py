@@ -293,7 +293,13 @@ async def test_the_seed_payment_of_ones_own_order(stack: Stack) -> None:
 async def test_a_pending_order_is_paid_once_and_a_failed_one_not_at_all(stack: Stack) -> None:
     alice = await register(stack.client, "alice")
     await stack.api.sql(
-        "INSERT INTO orders (user_id, status, total) VALUES (1, 'pending', 5), (1, 'failed', 5)"
+        "INSERT INTO orders (user_id, status, total) VALUES"
+        " (1, 'pending', 5), (1, 'failed', 5), (1, 'failed', 7)"
+    )
+    # Order 3 failed because its charge was declined: paying it answers that payment.
+    await stack.api.sql(
+        "INSERT INTO payments (user_id, order_id, idempotency_key, amount, status,"
+        " failure_reason) VALUES (1, 3, 'order:3', 7, 'failed', 'declined')"
     )
     body = {"order_id": 1, "amount": "5.00"}
     first = await stack.client.post("/payments", json=body, headers=alice)
@@ -305,7 +311,12 @@ async def test_a_pending_order_is_paid_once_and_a_failed_one_not_at_all(stack: S
     )
     assert failed.status_code == 409
     assert failed.json() == {"detail": "order 2 failed and cannot be paid; place a new order"}
-    assert await stack.api.count("payments") == 1
+    declined = await stack.client.post(
+        "/payments", json={"order_id": 3, "amount": "7.00"}, headers=alice
+    )
+    assert declined.status_code == 200, declined.text
+    assert (declined.json()["order_id"], declined.json()["status"]) == (3, "failed")
+    assert await stack.api.count("payments") == 2
 
 
 async def paid_order(stack: Stack, auth: dict[str, str]) -> dict[str, Any]:

@@ -71,12 +71,25 @@ class PaymentService(OwnedRows[Payment]):
                 f"currency {data.currency} does not match the currency of order "
                 f"{data.order_id}, {currency}"
             )
-        if order_status == "failed":
+        # A failed order was declined (its payment says so: answered with it, as any repeat
+        # of a charge is) or never reached payments (nothing to answer with, and not to be
+        # charged now: the order stays failed).
+        if order_status == "failed" and not await self._has_payment(caller.user_id, data):
             raise HTTPException(
                 status.HTTP_409_CONFLICT,
                 detail=f"order {data.order_id} failed and cannot be paid; place a new order",
             )
         return await self.charge(caller.user_id, data)
+
+    async def _has_payment(self, user_id: int, data: PaymentCreate) -> bool:
+        async with self.sessions() as session:
+            found = await session.scalar(
+                select(Payment.id).where(
+                    Payment.user_id == user_id,
+                    Payment.idempotency_key == f"order:{data.order_id}",
+                )
+            )
+        return found is not None
 
     async def _order(self, caller: Principal, order_id: int) -> dict[str, Any]:
         assert self.orders is not None
