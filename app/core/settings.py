@@ -147,6 +147,8 @@ class ServingSettings(BaseSettings):
     # timeouts inside the app measure its dependencies, not its own queue
     # (app/core/concurrency.py). At most APP_CACHE_MAX_CONNECTIONS.
     max_concurrent_requests: Annotated[int, Field(ge=1)] = 64
+    # The release in service (the deploy writes it; /health reports it).
+    release: Annotated[str, Field(max_length=128)] = "unknown"
 
 
 class Settings(DatabaseSettings, ServingSettings):
