@@ -51,6 +51,7 @@ def service_requests(host: Any, service: str) -> float:
 def recap(log: str) -> dict[str, dict[str, int]]:
     """PLAY RECAP of an ansible-playbook run: host -> {ok, changed, failed, ...}."""
     result = {}
+    log = re.sub(r"\x1b\[[0-9;]*m", "", log)  # in case colours were forced
     for match in re.finditer(r"^(\S+)\s+: ((?:\w+=\d+\s*)+)$", log, re.MULTILINE):
         counts = dict(part.split("=") for part in match.group(2).split())
         result[match.group(1)] = {key: int(value) for key, value in counts.items()}
