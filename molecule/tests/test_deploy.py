@@ -48,9 +48,10 @@ def test_the_new_release_ran_and_the_rollback_brought_the_one_before_back(host):
         )
         assert not host.file("/opt/webstack/current/app/main.py").contains("DEPLOY_MARK")
     for socket in ("app", "users"):
-        health = host.check_output(
-            f"curl -sS --unix-socket /run/webstack/{socket}.sock http://localhost/health"
-        )
+        with host.sudo("www-data"):
+            health = host.check_output(
+                f"curl -sS --unix-socket /run/webstack/{socket}.sock http://localhost/health"
+            )
         assert json.loads(health)["release"] == current
 
 
