@@ -155,6 +155,9 @@ def on_exit(server: Any) -> None:
 
 def on_reload(server: Any) -> None:
     _forget_app_modules()
+    # A new release may sit behind the same import path (the `current` link): forget what the
+    # import system remembers of the directories it saw.
+    importlib.invalidate_caches()
 
 
 def _forget_app_modules() -> None:

@@ -121,8 +121,8 @@ def create_app(settings: Settings | None = None, domains: Sequence[str] | None =
 
     @app.get("/health", tags=["health"])
     async def health() -> dict[str, str]:
-        """Liveness: the worker answers. Not traced."""
-        return {"status": "ok"}
+        """Liveness: the worker answers, and which release it runs. Not traced."""
+        return {"status": "ok", "release": serving.release}
 
     # Innermost of ours: the metrics and spans around it include the time spent in line.
     unqueued = {"/health", metrics.METRICS_PATH}

@@ -12,7 +12,7 @@ from tests.conftest import Api, running_app
 async def test_health(api: Api) -> None:
     response = await api.client.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok"}
+    assert response.json() == {"status": "ok", "release": "unknown"}
 
 
 async def test_docs_and_schema(api: Api) -> None:

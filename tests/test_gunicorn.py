@@ -52,7 +52,7 @@ async def test_unix_socket_forwarded_client_ip_and_logs(gunicorn: Gunicorn) -> N
         assert created.status_code == 201, created.text
         fetched = await client.get("/api/items/1", headers=forwarded)
         assert fetched.json() == created.json()
-        assert (await client.get("/health")).json() == {"status": "ok"}
+        assert (await client.get("/health")).json()["status"] == "ok"
 
     assert gunicorn.stop() == 0  # a clean, graceful stop
     stdout = gunicorn.stdout.read_text()

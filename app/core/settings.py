@@ -154,6 +154,8 @@ class ServingSettings(BaseSettings):
     # How deep arrays and objects may nest in a JSON body (ours need 3); deeper is 422,
     # found by a scan of the bytes before any parser recurses into them.
     max_json_depth: Annotated[int, Field(ge=4, le=256)] = 32
+    # The release in service (the deploy writes it; /health reports it).
+    release: Annotated[str, Field(max_length=128)] = "unknown"
 
 
 class Settings(DatabaseSettings, ServingSettings):

@@ -33,7 +33,7 @@ def test_units_enabled_and_active(host):
 def test_health_through_the_socket(host):
     rc, status, body = over_socket(host, "/health")
     assert (rc, status) == (0, 200)
-    assert json.loads(body) == {"status": "ok"}
+    assert json.loads(body)["status"] == "ok"
 
 
 def test_socket_refuses_unrelated_users(host):
@@ -66,8 +66,23 @@ def test_settings_file_is_private(host, secret):
 
 def test_code_is_not_writable_by_the_app(host):
     with host.sudo("webstack"):
-        assert host.run("test -w /opt/webstack/app/main.py").rc != 0
-        assert host.run("test -w /opt/webstack/venv/bin/gunicorn").rc != 0
+        assert host.run("test -w /opt/webstack/current/app/main.py").rc != 0
+        assert host.run("test -w /opt/webstack/current/venv/bin/gunicorn").rc != 0
+        assert host.run("test -w /opt/webstack/releases").rc != 0
+
+
+def test_the_release_in_service_is_recorded_and_reported(host):
+    with host.sudo():
+        current = host.file("/opt/webstack/current")
+        assert current.is_symlink
+        release = host.file("/opt/webstack/current/RELEASE").content_string.strip()
+    # <version>+g<12 hex digits of the commit>, maybe .dirty.<hash> on a test host.
+    assert release.split("+g")[0] and len(release.split("+g")[1][:12]) == 12, release
+    assert current.linked_to.endswith(f"/releases/{release}")
+    body = host.check_output(
+        "curl -sS --unix-socket /run/webstack/app.sock http://localhost/health"
+    )
+    assert json.loads(body)["release"] == release
 
 
 def test_migrations_ran_once_and_workers_do_not_create_schema(host, secret):

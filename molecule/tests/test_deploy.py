@@ -1,9 +1,9 @@
 """Deploys under load (molecule/resources/side_effect.yml): no request may fail.
 
-The side effect re-deploys twice while traffic runs through nginx: a code change (workers
-reloaded) and then a settings change with a rotated Valkey password (Valkey and the app
-restarted). These checks read what it left behind, so they need `molecule side-effect`
-(part of `molecule test`) to have run first.
+The side effect re-deploys while traffic runs through nginx: a new release (workers
+reloaded), a settings change with a rotated Valkey password (Valkey restarted, the app
+reloaded), then a rollback to the release before (reloaded). These checks read what it left
+behind, so they need `molecule side-effect` (part of `molecule test`) to have run first.
 """
 
 from __future__ import annotations
@@ -32,9 +32,30 @@ def test_no_request_failed_during_the_deploys(tally):
     assert tally["failures"] == 0, json.dumps(tally, indent=2)
 
 
-def test_new_code_is_live(host):
+def _release(host, link: str) -> str:
     with host.sudo():
-        assert host.file("/opt/webstack/app/main.py").contains('DEPLOY_MARK = "side-effect"')
+        return host.file(f"/opt/webstack/{link}/RELEASE").content_string.strip()
+
+
+def test_the_new_release_ran_and_the_rollback_brought_the_one_before_back(host):
+    current, previous = _release(host, "current"), _release(host, "previous")
+    assert current != previous
+    with host.sudo():
+        # The side effect's release (now previous) had the changed code; the one back in
+        # service has not.
+        assert host.file("/opt/webstack/previous/app/main.py").contains(
+            'DEPLOY_MARK = "side-effect"'
+        )
+        assert not host.file("/opt/webstack/current/app/main.py").contains("DEPLOY_MARK")
+    for socket in ("app", "users"):
+        with host.sudo("www-data"):
+            health = host.check_output(
+                f"curl -sS --unix-socket /run/webstack/{socket}.sock http://localhost/health"
+            )
+        assert json.loads(health)["release"] == current
+
+
+def test_the_settings_of_the_last_deploy_are_live(host):
     pid = host.check_output("systemctl show webstack-app.service --property MainPID --value")
     with host.sudo():
         environ = host.file(f"/proc/{pid}/environ").content_string

@@ -79,7 +79,11 @@ def test_app_hosts_restart_one_after_the_other(recorded):
 def test_the_new_release_runs_everywhere(hosts):
     for name in APP_HOSTS:
         with hosts[name].sudo():
-            assert hosts[name].file("/opt/webstack/app/main.py").contains("cluster-side-effect")
+            assert (
+                hosts[name]
+                .file("/opt/webstack/current/app/main.py")
+                .contains("cluster-side-effect")
+            )
 
 
 def test_limit_touches_only_the_host_it_names(recorded):
@@ -138,7 +142,8 @@ def test_the_app_user_logs_in_from_an_app_host(hosts, secret):
     )
     password = secret("postgresql_app_password")
     out = hosts["app3"].check_output(
-        f"/opt/webstack/venv/bin/python -c {shlex.quote(script)} {db} {shlex.quote(password)}"
+        f"/opt/webstack/current/venv/bin/python -c {shlex.quote(script)} {db}"
+        f" {shlex.quote(password)}"
     )
     assert out.strip() == "1"
 
