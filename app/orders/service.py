@@ -27,6 +27,7 @@ from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy import func, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core import metrics
 from app.core.auth import Principal, unauthorized
 from app.core.owned import OwnedRows
 from app.core.services import ServiceClient, ServiceUnavailable
@@ -85,6 +86,7 @@ class OrderService(OwnedRows[Order]):
             await session.commit()
             updated = await session.get(Order, order.id, populate_existing=True)
         assert updated is not None
+        metrics.order_placed(outcome)
         return updated
 
     async def _check_user(self, caller: Principal) -> None:

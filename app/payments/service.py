@@ -10,6 +10,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core import metrics
 from app.core.owned import OwnedRows
 from app.core.settings import Settings
 from app.payments import processor
@@ -92,10 +93,13 @@ class PaymentService(OwnedRows[Payment]):
                 .execution_options(synchronize_session=False)
             )
             done = (await session.scalars(statement)).one_or_none()
+            decided_here = done is not None  # counted once, by the attempt that decided
             if done is None:  # a concurrent attempt finished it first
                 done = await session.get(Payment, payment.id)
                 assert done is not None
             await session.commit()
+        if decided_here:
+            metrics.payment(done.status)
         logger.info("payment %s of user %s: %s", done.id, done.user_id, done.status)
         return done
 
@@ -123,6 +127,7 @@ class PaymentService(OwnedRows[Payment]):
                 status.HTTP_400_BAD_REQUEST,
                 detail=f"only a completed payment can be refunded; this one is {current.status}",
             )
+        metrics.payment(PaymentStatus.REFUNDED)
         logger.info("payment %s of user %s refunded", payment.id, user_id)
         return payment
 
