@@ -113,10 +113,9 @@ async def test_cache_reads_and_the_pool_are_counted(api: Api) -> None:
             - sample(before, "webstack_cache_requests_total", result=result)
             == count
         ), result
-    # Every connection went back to its pool; the breaker is closed.
+    # Every connection went back to its pool.
     assert sample(after, "webstack_db_pool_connections_in_use") == 0
     assert "webstack_db_pool_connections_in_use" in after
-    assert sample(after, "webstack_cache_breaker_open") == 0
 
 
 def test_the_breaker_state_is_exported() -> None:
@@ -130,8 +129,8 @@ def test_the_breaker_state_is_exported() -> None:
     def gauge() -> float | None:
         return REGISTRY.get_sample_value("webstack_cache_breaker_open")
 
+    # The gauge is the process's (one breaker per worker); other tests' apps share it.
     breaker.record_failure(OSError("down"))
-    assert gauge() == 0
     breaker.record_failure(OSError("down"))
     assert gauge() == 1
     breaker.record_success()
