@@ -7,6 +7,7 @@
 ``postgresql``    every host of ``db`` (postgres_exporter)
 ``valkey``        every host of ``cache`` (redis_exporter)
 ``nginx``         every host of ``proxy`` (nginx exporter, reading stub_status)
+``mtail``         every host of ``proxy`` (nginx's responses by status)
 ``webstack``      every app service on every host that runs it, at its ``metrics_path``
 ``otelcol``, ``alertmanager``, ``prometheus``  this host's own, over loopback
 
@@ -31,6 +32,7 @@ EXPORTER_JOBS: tuple[tuple[str, str | None], ...] = (
     ("postgresql", "db"),
     ("valkey", "cache"),
     ("nginx", "proxy"),
+    ("mtail", "proxy"),
 )
 
 
