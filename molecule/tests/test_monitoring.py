@@ -50,8 +50,8 @@ ARTIFACTS = Path(
 @pytest.fixture(scope="module")
 def site(host) -> dict[str, Any]:
     variables = host.ansible.get_variables()
-    groups = {name: list(members) for name, members in variables["groups"].items()}
-    print(f"inventory groups: {groups}")
+    # testinfra lists a host once per group it is in under "all".
+    groups = {name: list(dict.fromkeys(members)) for name, members in variables["groups"].items()}
     inventory = os.environ["MOLECULE_INVENTORY_FILE"]
     hosts = {
         name: testinfra.get_host(f"ansible://{name}?ansible_inventory={inventory}")
@@ -112,6 +112,7 @@ def expected_targets(site) -> set[tuple[str, str, str]]:
     targets |= {("postgresql", h, "") for h in groups.get("db", [])}
     targets |= {("valkey", h, "") for h in groups.get("cache", [])}
     targets |= {("nginx", h, "") for h in groups.get("proxy", [])}
+    targets |= {("mtail", h, "") for h in groups.get("proxy", [])}
     for service in site["services"]:
         for h in groups.get(service.get("group", "app"), []):
             targets.add(("webstack", h, service["name"]))
@@ -159,7 +160,7 @@ def test_prometheus_is_not_reachable_around_nginx(site, host):
         pytest.skip("several hosts: the private network reaches them (firewall it)")
     address = host.ansible.get_variables()["ansible_host"]
     listening = host.check_output("ss -Hltn")
-    for port in (9090, 9093, 9100, 9113, 9121, 9187, 8081):
+    for port in (9090, 9093, 9100, 9113, 9121, 9187, 3903, 8081):
         assert f"{address}:{port}" not in listening and f"*:{port}" not in listening, port
 
 
@@ -349,8 +350,15 @@ def test_overview_under_load_draws_its_graphs_in_a_browser(site, password, traff
             traffic.round(index)
             index += 1
 
-    runner = threading.Thread(target=load, daemon=True)
-    runner.start()
+    def reads() -> None:
+        while not stop.is_set():
+            traffic.call("GET", "/api/items?limit=5")
+            traffic.call("GET", "/users/openapi.json")
+
+    runners = [threading.Thread(target=load, daemon=True)]
+    runners += [threading.Thread(target=reads, daemon=True) for _ in range(3)]
+    for runner in runners:
+        runner.start()
     try:
         time.sleep(10)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -382,7 +390,8 @@ def test_overview_under_load_draws_its_graphs_in_a_browser(site, password, traff
             )
     finally:
         stop.set()
-        runner.join(timeout=60)
+        for runner in runners:
+            runner.join(timeout=60)
     assert shot.exists(), run.stderr[-2000:]
     width, height, pixels = png_pixels(shot)
     # The graphs' lines are drawn in the palette of roles/prometheus/files/console_libraries.
