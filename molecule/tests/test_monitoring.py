@@ -105,6 +105,15 @@ def prometheus(site, password):
     return get
 
 
+def record(name: str, value: Any) -> None:
+    """Keep a measurement beside the screenshot (.artifacts/monitoring.json)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / "monitoring.json"
+    values = json.loads(path.read_text()) if path.exists() else {}
+    values[name] = value
+    path.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
+
+
 def expected_targets(site) -> set[tuple[str, str, str]]:
     """(job, instance, service) of every target the inventory and service map call for."""
     groups, me = site["groups"], site["groups"]["telemetry"][0]
@@ -138,7 +147,7 @@ def test_every_target_of_the_site_is_scraped_and_up(site, prometheus):
             "down": down,
         }
         time.sleep(2)
-    print(f"{len(found)} targets up: {sorted(found)}")
+    record("targets_up", sorted("/".join(filter(None, key)) for key in found))
 
 
 def test_dashboards_and_api_need_the_password(site, password):
@@ -283,7 +292,7 @@ def test_every_dashboard_panel_has_data_after_traffic(site, password, prometheus
             checked += 1
             if not result:
                 empty.append(f"{page}: {panel['data-title']}: {panel['data-expr']}")
-    print(f"{checked} panels queried after {traffic.count} requests")
+    record("panels_with_data", checked)
     assert not empty, "\n".join(empty)
     # A page per service, with the business panels where they belong.
     titles = {p["data-title"] for p in panels_of(site, password, "service.html?service=orders")}
@@ -398,7 +407,10 @@ def test_overview_under_load_draws_its_graphs_in_a_browser(site, password, traff
     palette = {bytes.fromhex(c) for c in ("3366cc", "dc3912", "ff9900", "109618", "990099")}
     lines = sum(1 for p in pixels if p in palette)
     colors = len(set(pixels))
-    print(f"screenshot {shot}: {width}x{height}, {colors} colours, {lines} line pixels")
+    record(
+        "screenshot",
+        {"path": str(shot), "size": [width, height], "colours": colors, "line_pixels": lines},
+    )
     assert colors > 50, "the page is blank"
     assert lines > 2000, "no graph lines drawn"
 
@@ -464,7 +476,7 @@ def test_a_stopped_service_fires_its_alert_at_the_webhook(site, host):
                         alert = (record["received"], candidate)
         assert alert, "TargetDown for payments never reached the webhook"
         took = alert[0] - stopped
-        print(f"TargetDown delivered {took:.1f} s after the stop (budget {budget:.0f} s)")
+        record("alert_delivered_after_seconds", {"took": round(took, 1), "budget": budget})
         assert took <= budget, f"took {took:.1f} s, more than the rule's for + intervals"
         assert "does not answer its scrapes" in alert[1]["annotations"]["summary"]
     finally:
