@@ -464,8 +464,8 @@ def test_a_stopped_service_fires_its_alert_at_the_webhook(site, host):
             with host.sudo():
                 lines = host.run(f"cat {log} 2>/dev/null").stdout.splitlines()
             for line in lines:
-                record = json.loads(line)
-                for candidate in record["body"]["alerts"]:
+                entry = json.loads(line)
+                for candidate in entry["body"]["alerts"]:
                     labels = candidate["labels"]
                     if (
                         candidate["status"] == "firing"
@@ -473,7 +473,7 @@ def test_a_stopped_service_fires_its_alert_at_the_webhook(site, host):
                         and labels.get("service") == "payments"
                         and labels.get("instance") == victim_name
                     ):
-                        alert = (record["received"], candidate)
+                        alert = (entry["received"], candidate)
         assert alert, "TargetDown for payments never reached the webhook"
         took = alert[0] - stopped
         record("alert_delivered_after_seconds", {"took": round(took, 1), "budget": budget})
