@@ -413,7 +413,8 @@ def test_overview_under_load_draws_its_graphs_in_a_browser(site, password, traff
         {"path": str(shot), "size": [width, height], "colours": colors, "line_pixels": lines},
     )
     assert colors > 50, "the page is blank"
-    assert lines > 2000, "no graph lines drawn"
+    # A blank page has none; a fresh host's fifteen minutes drew about 2,700 (1400x2300).
+    assert lines > 1000, "no graph lines drawn"
 
 
 # --- An alert, from a stopped service to the operator's webhook --------------------------
