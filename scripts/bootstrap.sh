@@ -7,11 +7,13 @@ REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS_DIR="${WEBSTACK_TOOLS_DIR:-$REPO_DIR/.tools}"
 export WEBSTACK_CACHE_DIR="${WEBSTACK_CACHE_DIR:-/var/cache/webstack}"
 
-# Controller packages: the nspawn test bed, and the servers the app's tests start themselves.
+# Controller packages: the nspawn test bed, the servers the app's tests start themselves,
+# promtool (in prometheus) for the alert rules' tests, and chromium for the dashboards'.
 APT_PACKAGES=(
   systemd-container debootstrap iproute2 iptables openssh-client rsync
   python3-venv util-linux
   postgresql redis-server
+  prometheus chromium
 )
 
 say() { printf '\n==> %s\n' "$*" >&2; }
@@ -33,7 +35,7 @@ install_apt_packages() {
   fi
   # The Debian packages enable their own system-wide servers; the tests start private ones.
   if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-    systemctl disable --now postgresql redis-server >/dev/null 2>&1 || true
+    systemctl disable --now postgresql redis-server prometheus >/dev/null 2>&1 || true
   fi
 }
 

@@ -1,4 +1,5 @@
-"""Prometheus metrics: route templates, and sums over every Gunicorn worker."""
+"""Prometheus metrics: route templates, the cache, the pool, orders and payments, bounded
+labels, and sums over every Gunicorn worker."""
 
 from __future__ import annotations
 
@@ -13,16 +14,34 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Api, running_app
 from tests.servers import CacheServer, GunicornServer, PostgresServer, clean_env
-from tests.stack import JWT_SECRET, seed_001_settings
+from tests.stack import JWT_SECRET, register, seed_001_settings
 
 
 def sample(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in an exposition (0 if absent)."""
-    for family in text_string_to_metric_families(text):
-        for found in family.samples:
-            if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
-                return float(found.value)
-    return 0.0
+    """The sum of the samples of ``name`` that carry ``labels`` (0 if none)."""
+    return sum(
+        float(found.value)
+        for family in text_string_to_metric_families(text)
+        for found in family.samples
+        if found.name == name and all(found.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def series(text: str, name: str = "http_requests_total") -> int:
+    return sum(
+        found.name == name
+        for family in text_string_to_metric_families(text)
+        for found in family.samples
+    )
+
+
+def label_values(text: str, name: str, label: str) -> set[str]:
+    return {
+        found.labels[label]
+        for family in text_string_to_metric_families(text)
+        for found in family.samples
+        if found.name == name and label in found.labels
+    }
 
 
 async def scrape(client: httpx.AsyncClient, path: str = "/metrics") -> str:
@@ -51,10 +70,71 @@ async def test_requests_are_counted_by_route_template(api: Api) -> None:
     assert delta("http_requests_total", method="GET", route="<unmatched>", status="404") == 1
     assert delta("http_requests_total", method="DELETE", route="/api/notes", status="405") == 1
     assert delta("http_request_duration_seconds_count", method="GET", route=item) == 3
+    assert delta("http_request_duration_seconds_count", route=item, status="404") == 2
     assert delta("http_request_duration_seconds_bucket", method="GET", route=item, le="+Inf") == 3
     # The scrapes are not counted, and nothing is in progress between requests.
     assert 'route="/metrics"' not in after
     assert sample(after, "http_requests_in_progress", method="GET") == 0
+
+
+async def test_docs_are_labelled_by_their_route_and_labels_stay_bounded(api: Api) -> None:
+    before = await scrape(api.client)
+    for path in ("/docs", "/openapi.json", "/redoc"):
+        assert (await api.client.get(path)).status_code == 200
+    middle = await scrape(api.client)
+    for item_id in range(1, 30):  # a series per template, not per path
+        await api.client.get(f"/api/items/{item_id}")
+        await api.client.get(f"/no/such/{item_id}")
+    after = await scrape(api.client)
+    for path in ("/docs", "/openapi.json", "/redoc"):
+        labels = {"route": path, "status": "200"}
+        assert (
+            sample(middle, "http_requests_total", **labels)
+            - sample(before, "http_requests_total", **labels)
+            == 1
+        ), path
+    routes = label_values(after, "http_requests_total", "route")
+    assert "/api/items/{item_id}" in routes
+    assert not [route for route in routes if any(c.isdigit() for c in route)], routes
+    # 58 paths made at most two new series: (item, 404) and (<unmatched>, 404).
+    assert series(after) - series(middle) <= 2
+
+
+async def test_cache_reads_and_the_pool_are_counted(api: Api) -> None:
+    created = await api.client.post("/api/items", json={"name": "cached"})
+    item = f"/api/items/{created.json()['id']}"
+    before = await scrape(api.client)
+    await api.client.get(item)  # read from PostgreSQL, then cached
+    await api.client.get(item)  # from the cache
+    after = await scrape(api.client)
+    for result, count in (("miss", 1), ("hit", 1)):
+        assert (
+            sample(after, "webstack_cache_requests_total", result=result)
+            - sample(before, "webstack_cache_requests_total", result=result)
+            == count
+        ), result
+    # Every connection went back to its pool.
+    assert sample(after, "webstack_db_pool_connections_in_use") == 0
+    assert "webstack_db_pool_connections_in_use" in after
+
+
+def test_the_breaker_state_is_exported() -> None:
+    from prometheus_client import REGISTRY
+
+    from app.core.cache import CircuitBreaker
+
+    now = [0.0]
+    breaker = CircuitBreaker(failure_threshold=2, cooldown=5, clock=lambda: now[0])
+
+    def gauge() -> float | None:
+        return REGISTRY.get_sample_value("webstack_cache_breaker_open")
+
+    # The gauge is the process's (one breaker per worker); other tests' apps share it.
+    breaker.record_failure(OSError("down"))
+    breaker.record_failure(OSError("down"))
+    assert gauge() == 1
+    breaker.record_success()
+    assert gauge() == 0
 
 
 async def test_a_service_labels_routes_as_published(
@@ -168,3 +248,26 @@ async def test_metrics_are_summed_over_gunicorn_workers(
         assert "Traceback" not in server.stderr.read_text()
     finally:
         server.cleanup()
+
+
+async def test_orders_and_payments_are_counted_by_outcome(
+    pg: PostgresServer, cache_server: CacheServer
+) -> None:
+    from tests.test_orders import place, single_app
+
+    async with single_app(pg, cache_server) as stack:
+        alice = await register(stack.client, "alice")
+        before = await scrape(stack.client)
+        order = (await place(stack, alice)).json()
+        refund = await stack.client.post(f"/payments/{order['payment_id']}/refund", headers=alice)
+        assert refund.status_code == 200, refund.text
+        after = await scrape(stack.client)
+
+    def delta(name: str, **labels: str) -> float:
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    assert delta("webstack_orders_total", status="confirmed") == 1
+    assert delta("webstack_orders_total") == 1
+    assert delta("webstack_payments_total", outcome="completed") == 1
+    assert delta("webstack_payments_total", outcome="refunded") == 1
+    assert delta("webstack_payments_total") == 2

@@ -37,6 +37,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import MaxConnectionsError, RedisError
 
+from app.core import metrics
 from app.core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ class CircuitBreaker:
     def record_success(self) -> None:
         if self.state != self.CLOSED:
             logger.info("cache reachable again; using it")
+            metrics.cache_breaker(is_open=False)
         self.state = self.CLOSED
         self.failures = 0
 
@@ -111,6 +113,7 @@ class CircuitBreaker:
             return
         was_closed = self.state == self.CLOSED
         self.state = self.OPEN
+        metrics.cache_breaker(is_open=True)
         self._opened_at = now
         self.opened_total += 1
         if was_closed or now - self._last_warning >= WARNING_INTERVAL:
@@ -202,7 +205,8 @@ class Cache:
         return ok
 
     async def get(self, key: str) -> bytes | None:
-        _, value = await self._run(lambda client: client.get(key))
+        ok, value = await self._run(lambda client: client.get(key))
+        metrics.cache_read(hit=value is not None if ok else None)
         return cast(bytes | None, value)  # decode_responses is off: GET answers bytes
 
     async def set(self, key: str, value: bytes) -> None:

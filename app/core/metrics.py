@@ -5,14 +5,27 @@
 ``http_requests_total{method, route, status}``
     Requests answered. ``route`` is the route's template as the public sees it
     (``/orders/{order_id}``, the same whether the domain is served alone behind the
-    gateway or in one app); requests that matched no route count as ``<unmatched>``, so
-    scanners cannot create a series per path.
-``http_request_duration_seconds{method, route}``
+    gateway or in one app; the docs as ``/docs``, ``/openapi.json``); requests that matched
+    no route count as ``<unmatched>``, so scanners cannot create a series per path.
+``http_request_duration_seconds{method, route, status}``
     A histogram of the time to the end of the response.
 ``http_requests_in_progress{method}``
     Requests being answered now (summed over the live workers).
+``webstack_cache_requests_total{result}``
+    Cache reads: ``hit``, ``miss``, or ``skipped`` (the breaker is open, the cache failed
+    or this worker's connections were all busy: the read went to PostgreSQL).
+``webstack_cache_breaker_open``
+    1 while the cache breaker of any live worker is open (or half-open), else 0.
+``webstack_db_pool_connections_in_use``
+    Database connections checked out of the workers' pools now (summed over the workers).
+``webstack_orders_total{status}``
+    Orders placed, by the status they ended with (``confirmed``, ``failed``).
+``webstack_payments_total{outcome}``
+    Payments decided (``completed``, ``failed``) and refunded (``refunded``).
 
 ``/metrics`` itself is not counted. Methods outside the standard set count as ``other``.
+Every label takes values from a fixed set (methods, route templates, status codes, the
+enums above): the number of series does not grow with traffic.
 
 Why prometheus_client in multiprocess mode rather than OpenTelemetry metrics: a scrape of
 one service answers for all its workers from files they share, with no collector in the
@@ -29,6 +42,9 @@ from __future__ import annotations
 
 import os
 import time
+import weakref
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import FastAPI
 from prometheus_client import (
@@ -41,6 +57,8 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
+from sqlalchemy import event
+from sqlalchemy.pool import Pool
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -54,7 +72,7 @@ REQUESTS = Counter("http_requests_total", "HTTP requests answered", ["method", "
 DURATION = Histogram(
     "http_request_duration_seconds",
     "Time to answer an HTTP request",
-    ["method", "route"],
+    ["method", "route", "status"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 IN_PROGRESS = Gauge(
@@ -63,6 +81,21 @@ IN_PROGRESS = Gauge(
     ["method"],
     multiprocess_mode="livesum",
 )
+CACHE_REQUESTS = Counter(
+    "webstack_cache_requests_total", "Cache reads by result (hit, miss, skipped)", ["result"]
+)
+CACHE_BREAKER_OPEN = Gauge(
+    "webstack_cache_breaker_open",
+    "1 while the cache circuit breaker of a live worker is open",
+    multiprocess_mode="livemax",
+)
+DB_POOL_IN_USE = Gauge(
+    "webstack_db_pool_connections_in_use",
+    "Database connections checked out of the pools",
+    multiprocess_mode="livesum",
+)
+ORDERS = Counter("webstack_orders_total", "Orders placed, by final status", ["status"])
+PAYMENTS = Counter("webstack_payments_total", "Payments by outcome", ["outcome"])
 
 
 def _route_path(scope: Scope) -> str:
@@ -73,10 +106,34 @@ def _route_path(scope: Scope) -> str:
     return path
 
 
+# Per app: the path of each plain Starlette route (the docs, /openapi.json), by endpoint.
+# FastAPI's router leaves scope["route"] only for its own API routes.
+_ENDPOINT_PATHS: weakref.WeakKeyDictionary[Any, dict[Callable[..., Any], str]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _endpoint_path(scope: Scope) -> str | None:
+    app, endpoint = scope.get("app"), scope.get("endpoint")
+    if app is None or endpoint is None:
+        return None
+    paths = _ENDPOINT_PATHS.get(app)
+    if paths is None:
+        paths = {
+            route.endpoint: route.path
+            for route in getattr(app, "routes", ())
+            if isinstance(getattr(route, "path", None), str) and hasattr(route, "endpoint")
+        }
+        _ENDPOINT_PATHS[app] = paths
+    return paths.get(endpoint)
+
+
 def route_label(scope: Scope) -> str:
     """The template of the route the router chose, as published (root path included)."""
     path = getattr(scope.get("route"), "path", None)
     if not isinstance(path, str):
+        path = _endpoint_path(scope)
+    if path is None:
         return UNMATCHED
     root_path = scope.get("root_path", "")
     if root_path and path == "/":
@@ -111,9 +168,37 @@ class MetricsMiddleware:
         finally:
             elapsed = time.perf_counter() - started
             in_progress.dec()
-            route = route_label(scope)
-            REQUESTS.labels(method, route, str(status)).inc()
-            DURATION.labels(method, route).observe(elapsed)
+            route, code = route_label(scope), str(status)
+            REQUESTS.labels(method, route, code).inc()
+            DURATION.labels(method, route, code).observe(elapsed)
+
+
+def cache_read(hit: bool | None) -> None:
+    """A cache read: a hit, a miss, or ``None`` when the cache was skipped or failed."""
+    CACHE_REQUESTS.labels("skipped" if hit is None else "hit" if hit else "miss").inc()
+
+
+def cache_breaker(is_open: bool) -> None:
+    CACHE_BREAKER_OPEN.set(1 if is_open else 0)
+
+
+def order_placed(status: str) -> None:
+    ORDERS.labels(str(status)).inc()
+
+
+def payment(outcome: str) -> None:
+    PAYMENTS.labels(str(outcome)).inc()
+
+
+# Every pool of the process (one engine per worker): connections out of it now.
+@event.listens_for(Pool, "checkout")
+def _connection_out(*_: object) -> None:
+    DB_POOL_IN_USE.inc()
+
+
+@event.listens_for(Pool, "checkin")
+def _connection_back(*_: object) -> None:
+    DB_POOL_IN_USE.dec()
 
 
 def _exposition() -> bytes:

@@ -41,7 +41,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.core import idempotency
+from app.core import idempotency, metrics
 from app.core.auth import Principal, issue_service_token
 from app.core.domain import JSONBytes
 from app.core.owned import OwnedRows
@@ -149,7 +149,7 @@ class OrderService(OwnedRows[Order]):
             return order
         result, payment_id, reason = outcome
         async with self.sessions() as session:
-            await session.execute(
+            recorded = await session.execute(
                 update(Order)
                 .where(Order.id == order.id, Order.status == OrderStatus.PENDING)
                 .values(
@@ -162,6 +162,8 @@ class OrderService(OwnedRows[Order]):
             await session.commit()
             done = await session.get(Order, order.id, populate_existing=True)
         assert done is not None
+        if recorded.rowcount == 1:  # counted once, by the attempt that recorded the outcome
+            metrics.order_placed(result)
         logger.info("order %s of user %s: %s", done.id, done.user_id, done.status)
         return done
 

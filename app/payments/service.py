@@ -22,6 +22,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core import metrics
 from app.core.auth import Principal, unauthorized
 from app.core.errors import NotFoundError
 from app.core.idempotency import unit_of_work
@@ -183,9 +184,12 @@ class PaymentService(OwnedRows[Payment]):
                 .execution_options(synchronize_session=False, populate_existing=True)
             )
             done = (await session.scalars(statement)).one_or_none()
+            decided_here = done is not None  # counted once, by the attempt that decided
             if done is None:  # a concurrent attempt finished it first
                 done = await session.get(Payment, payment.id, populate_existing=True)
                 assert done is not None
+        if decided_here:
+            metrics.payment(done.status)
         logger.info("payment %s of user %s: %s", done.id, done.user_id, done.status)
         return done
 
@@ -212,6 +216,7 @@ class PaymentService(OwnedRows[Payment]):
                 status.HTTP_400_BAD_REQUEST,
                 detail=f"only a completed payment can be refunded; this one is {current.status}",
             )
+        metrics.payment(PaymentStatus.REFUNDED)
         logger.info("payment %s of user %s refunded", payment.id, user_id)
         return payment
 
