@@ -376,7 +376,7 @@ def test_overview_under_load_draws_its_graphs_in_a_browser(site, password, traff
         shot.unlink(missing_ok=True)
         url = site["base"].replace("://", f"://{USER}:{password}@", 1)
         with tempfile.TemporaryDirectory() as profile:
-            run = subprocess.run(  # noqa: S603 - the controller's chromium, fixed flags
+            run = subprocess.run(
                 [
                     chromium,
                     "--headless",
@@ -499,8 +499,8 @@ def test_a_stopped_service_fires_its_alert_at_the_webhook(site, host):
 
 def run_playbook(*extra: str) -> subprocess.CompletedProcess[str]:
     project = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
-    return subprocess.run(  # noqa: S603 - the project's playbook, from the venv's PATH
-        [  # noqa: S607
+    return subprocess.run(
+        [
             "ansible-playbook",
             f"--inventory={os.environ['MOLECULE_INVENTORY_FILE']}",
             "--tags=prometheus",
