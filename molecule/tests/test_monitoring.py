@@ -122,8 +122,12 @@ def expected_targets(site) -> set[tuple[str, str, str]]:
     targets |= {("valkey", h, "") for h in groups.get("cache", [])}
     targets |= {("nginx", h, "") for h in groups.get("proxy", [])}
     targets |= {("mtail", h, "") for h in groups.get("proxy", [])}
+    # Hosts a scenario's side effect put into app with add_host, which the inventory file
+    # does not show (molecule/cluster/molecule.yml names them).
+    added = [h for h in os.environ.get("WEBSTACK_ADDED_APP_HOSTS", "").split(",") if h]
     for service in site["services"]:
-        for h in groups.get(service.get("group", "app"), []):
+        group = service.get("group", "app")
+        for h in groups.get(group, []) + (added if group == "app" else []):
             targets.add(("webstack", h, service["name"]))
     targets |= {(job, me, "") for job in ("otelcol", "alertmanager", "prometheus")}
     return targets
