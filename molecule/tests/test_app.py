@@ -79,9 +79,8 @@ def test_the_release_in_service_is_recorded_and_reported(host):
     # <version>+g<12 hex digits of the commit>, maybe .dirty.<hash> on a test host.
     assert release.split("+g")[0] and len(release.split("+g")[1][:12]) == 12, release
     assert current.linked_to.endswith(f"/releases/{release}")
-    body = host.check_output(
-        "curl -sS --unix-socket /run/webstack/app.sock http://localhost/health"
-    )
+    _, status, body = over_socket(host, "/health")
+    assert status == 200
     assert json.loads(body)["release"] == release
 
 
