@@ -257,3 +257,31 @@ def test_certificate_and_key_never_readable_by_workers(host):
     with host.sudo():
         result = host.run("sudo -u www-data cat /etc/nginx/tls/gateway.key")
     assert result.rc != 0
+
+
+def test_testssl_finds_only_modern_protocols_and_ciphers(host):
+    """testssl.sh (Debian's), an independent scanner: protocols, cipher categories, FS."""
+    with host.sudo():
+        install = host.run(
+            "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "
+            "testssl.sh"
+        )
+        assert install.rc == 0, install.stderr
+        host.run("rm -f /tmp/verify-testssl.json")
+        host.run(
+            "timeout 300 testssl --quiet --color 0 --warnings off "
+            "--jsonfile /tmp/verify-testssl.json -p -s -f localhost:443"
+        )
+        findings = {
+            f["id"]: f["finding"]
+            for f in json.loads(host.file("/tmp/verify-testssl.json").content_string)
+        }
+    for protocol in ("SSLv2", "SSLv3", "TLS1", "TLS1_1"):
+        assert findings[protocol] == "not offered", protocol
+    assert findings["TLS1_2"] == "offered"
+    assert findings["TLS1_3"].startswith("offered")
+    assert findings["ALPN_HTTP2"] == "h2"
+    for weak in ("NULL", "aNULL", "EXPORT", "LOW", "3DES_IDEA", "OBSOLETED", "STRONG_NOFS"):
+        assert findings[f"cipherlist_{weak}"] == "not offered", weak
+    assert findings["cipherlist_STRONG_FS"] == "offered"
+    assert set(findings["FS_ciphers"].split()) <= TLS12_EXPECTED | TLS13_ALLOWED
