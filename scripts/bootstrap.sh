@@ -71,6 +71,16 @@ build_otelcol() {
   export OTELCOL_VERSION OTELCOL_ARCHIVE OTELCOL_ARCHIVE_URL OTELCOL_ARCHIVE_SHA256
 }
 
+build_pebble() {
+  # The nginx scenario tests ACME certificates against Pebble, Let's Encrypt's test server;
+  # no release can be downloaded here either, so build it from the Go module proxy (cached).
+  say "Pebble ACME test server (tools/pebble/build.sh; built once, then cached)"
+  local out
+  out="$("$REPO_DIR/tools/pebble/build.sh")"
+  eval "$out"
+  export PEBBLE_VERSION PEBBLE_DIR
+}
+
 sync_python_deps() {
   say "uv sync (app, dev and deploy tooling from uv.lock)"
   (cd "$REPO_DIR" && uv sync --locked --quiet)
@@ -84,5 +94,6 @@ bootstrap() {
   install_go_path
   sync_python_deps
   build_otelcol
+  build_pebble
   cd "$REPO_DIR"
 }

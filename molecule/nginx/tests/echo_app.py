@@ -2,7 +2,8 @@
 
 Used by the nginx scenario's checks only (the app is not deployed there). It counts the
 connections it accepts, so the checks can see nginx reuse its upstream keepalive connections.
-Run as: python3 echo_app.py /run/webstack/app.sock
+Run as: python3 echo_app.py /run/webstack/app.sock [/run/webstack/users.sock ...] (one
+server per socket, each service of the map gets its own).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import os
 import socketserver
 import sys
+import threading
 from http.server import BaseHTTPRequestHandler
 
 CONNECTIONS = 0
@@ -50,13 +52,19 @@ class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         return request, ("unix", 0)  # BaseHTTPRequestHandler wants an address pair
 
 
-def main() -> None:
-    path = sys.argv[1]
+def serve(path: str) -> Server:
     if os.path.exists(path):
         os.unlink(path)
     server = Server(path, Handler)
     os.chmod(path, 0o666)  # noqa: S103 - a throwaway socket on a throwaway test host
-    server.serve_forever()
+    return server
+
+
+def main() -> None:
+    servers = [serve(path) for path in sys.argv[1:]]
+    for server in servers[1:]:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    servers[0].serve_forever()
 
 
 if __name__ == "__main__":

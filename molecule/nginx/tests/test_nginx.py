@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import write_file
 
 BASE = "http://127.0.0.1:8080"
 NGINX = "/usr/local/sbin/nginx"
@@ -73,14 +74,6 @@ def status_counts(host, url: str, *curl_args: str) -> dict[int, int]:
     return counts
 
 
-def write_file(host, path: str, content: str) -> None:
-    with host.sudo():
-        host.check_output(
-            f"install -d -m 0755 {shlex.quote(str(Path(path).parent))} && "
-            f"printf %s {shlex.quote(content)} > {shlex.quote(path)} && chmod 0644 {path}"
-        )
-
-
 @pytest.fixture(scope="module")
 def static_files(host):
     """Test files in the static root: compressible, too small to compress, precompressed."""
@@ -96,30 +89,6 @@ def static_files(host):
         write_file(host, f"{STATIC_ROOT}/verify/{name}", content)
     write_file(host, f"{STATIC_ROOT}/.well-known/verify.txt", "well-known\n")
     return files
-
-
-@pytest.fixture(scope="module")
-def echo_app(host):
-    """A stand-in for the app on its Unix socket, run as a transient unit."""
-    script = (Path(__file__).parent / "echo_app.py").read_text()
-    write_file(host, "/run/verify-echo-app.py", script)
-    with host.sudo():
-        host.run("systemctl stop verify-echo-app.service")
-        host.check_output("install -d -m 0755 /run/webstack")
-        host.check_output(
-            "systemd-run --unit=verify-echo-app --collect "
-            f"python3 /run/verify-echo-app.py {APP_SOCKET}"
-        )
-        for _ in range(50):
-            if host.socket(f"unix://{APP_SOCKET}").is_listening:
-                break
-            time.sleep(0.1)
-        else:
-            pytest.fail("the echo app did not come up")
-    yield
-    with host.sudo():
-        host.run("systemctl stop verify-echo-app.service")
-        host.run(f"rm -f {APP_SOCKET} /run/verify-echo-app.py")
 
 
 def nginx_journal(host, since: str) -> str:
@@ -228,7 +197,46 @@ def test_unit_tests_config_and_stops_gracefully(host):
     assert "-t -q" in reload
     assert "HUP" in reload
     assert unit_property(host, "KillSignal") == "3"  # SIGQUIT: graceful shutdown
-    assert "daemon off;" in unit_property(host, "ExecStart")
+
+
+def test_unit_follows_the_master_through_its_pid_file(host):
+    # A daemonized master (nginx accepts USR2 only then) whose pid file systemd reads, so
+    # after a binary upgrade it tracks the new master.
+    assert unit_property(host, "Type") == "forking"
+    assert unit_property(host, "PIDFile") == "/run/nginx/nginx.pid"
+    assert "daemon off" not in unit_property(host, "ExecStart")
+    with host.sudo():
+        pid = host.file("/run/nginx/nginx.pid").content_string.strip()
+    assert pid == unit_property(host, "MainPID")
+
+
+def test_unit_is_stamped_with_its_process_settings(host):
+    # The role restarts nginx only when this stamp changes (limits, sandbox, ExecStart).
+    unit = host.file("/etc/systemd/system/nginx.service").content_string
+    stamp = next(line for line in unit.splitlines() if line.startswith("# Process settings: "))
+    assert len(stamp.split(": ", 1)[1]) == 64
+    # The stamped block is the one that starts with Type= and holds the sandbox.
+    block = unit[unit.index("Type=forking") :]
+    for setting in ("ExecStart=", "LimitNOFILE=", "ProtectSystem=", "CapabilityBoundingSet="):
+        assert setting in block, setting
+
+
+def test_binary_upgrade_keeps_the_sockets_and_systemd_follows(host):
+    """nginx-upgrade on the same build: a new master on the same listening sockets."""
+    before = unit_property(host, "MainPID")
+    with host.sudo():
+        sockets_before = host.check_output("ss -Hltn 'sport = :443 or sport = :8080'")
+        result = host.run("/usr/local/sbin/nginx-upgrade")
+        sockets_after = host.check_output("ss -Hltn 'sport = :443 or sport = :8080'")
+    assert result.rc == 0, result.stderr
+    after = unit_property(host, "MainPID")
+    assert after != before
+    assert host.service(UNIT).is_running
+    assert f"{before} -> {after}" in result.stderr
+    assert not host.file("/run/nginx/nginx.pid.oldbin").exists
+    assert len(sockets_after.splitlines()) == len(sockets_before.splitlines()) == 2
+    status, _, _ = response(host, "/")
+    assert status == 200
 
 
 def test_unit_is_sandboxed(host):
@@ -401,7 +409,8 @@ def test_proxy_timeouts(host):
     with host.sudo():
         config = host.check_output(f"{NGINX} -T 2>/dev/null")
     assert "proxy_read_timeout 30s;" in config
-    assert f"server unix:{APP_SOCKET};" in config
+    # The upstream member (one file per app host) with its passive health check.
+    assert f"server unix:{APP_SOCKET} max_fails=1 fail_timeout=5s;" in config
     assert "keepalive 32;" in config
 
 
