@@ -127,6 +127,29 @@ async def test_a_connection_lost_mid_query_is_503(api: Api, own_pg: PostgresServ
     assert (await api.client.get("/api/items/1")).status_code == 200
 
 
+async def test_failed_checkouts_leave_the_pool_gauge_alone(
+    api: Api, own_pg: PostgresServer
+) -> None:
+    # A pooled connection found dead whose reconnect fails makes SQLAlchemy fire "checkin"
+    # without a "checkout": the in-use gauge must not count those.
+    from prometheus_client import REGISTRY
+
+    def in_use() -> float | None:
+        return REGISTRY.get_sample_value("webstack_db_pool_connections_in_use")
+
+    before = in_use()
+    await asyncio.to_thread(own_pg.psql, f"ALTER ROLE {own_pg.user} CONNECTION LIMIT 0")
+    try:
+        await terminate_app_backends(own_pg)
+        for _ in range(3):
+            assert_unavailable(await api.client.get("/api/items/1"))
+    finally:
+        await asyncio.to_thread(own_pg.psql, f"ALTER ROLE {own_pg.user} CONNECTION LIMIT -1")
+    assert in_use() == before
+    assert (await api.client.get("/api/items/1")).status_code == 200
+    assert in_use() == before
+
+
 async def test_a_statement_timeout_is_503(
     own_pg: PostgresServer, cache_server: CacheServer
 ) -> None:

@@ -58,7 +58,7 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import event
-from sqlalchemy.pool import Pool
+from sqlalchemy.pool import ConnectionPoolEntry, Pool
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -190,15 +190,23 @@ def payment(outcome: str) -> None:
     PAYMENTS.labels(str(outcome)).inc()
 
 
-# Every pool of the process (one engine per worker): connections out of it now.
+# Every pool of the process (one engine per worker): connections out of it now. A checkout
+# that fails (the database unreachable) also fires "checkin" without a "checkout": only a
+# connection this listener saw leave is counted back, or each failed request during an
+# outage would drive the gauge further below zero.
+_CHECKED_OUT = "webstack_checked_out"
+
+
 @event.listens_for(Pool, "checkout")
-def _connection_out(*_: object) -> None:
+def _connection_out(_dbapi: object, record: ConnectionPoolEntry, _proxy: object) -> None:
+    record.record_info[_CHECKED_OUT] = True
     DB_POOL_IN_USE.inc()
 
 
 @event.listens_for(Pool, "checkin")
-def _connection_back(*_: object) -> None:
-    DB_POOL_IN_USE.dec()
+def _connection_back(_dbapi: object, record: ConnectionPoolEntry) -> None:
+    if record.record_info.pop(_CHECKED_OUT, False):
+        DB_POOL_IN_USE.dec()
 
 
 def _exposition() -> bytes:
