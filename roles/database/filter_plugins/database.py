@@ -78,6 +78,12 @@ def database_topology(
                 "pgBackRest repository host in a `backup` inventory group (one host every "
                 "member reaches, e.g. the third etcd member), or set database_backups: false"
             )
+        if ha and repository in members:
+            raise AnsibleFilterError(
+                f"the backup host {repository} is also a db host: in a cluster the "
+                "repository needs a host of its own (a lost db host must not take the "
+                "backups with it), e.g. the third etcd member"
+            )
         if repository is None:
             repository = members[0]
     needed = {name: "a Patroni cluster (two or more db hosts)" for name in HA_SECRETS if ha}
