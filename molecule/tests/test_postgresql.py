@@ -137,6 +137,8 @@ def deploy(host, extra_vars: dict) -> subprocess.CompletedProcess[str]:
         timeout=900,
         env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"},
     )
+    # Ansible prints a failure's message on stderr or stdout, depending on the callback.
+    result.stdout += result.stderr
     print(result.stdout[-3000:])
     return result
 
