@@ -65,10 +65,14 @@ def build(tmp_path: Path, repo: Path, **extra: object) -> tuple[int, str, str]:
         # Required by the role's argument spec; never used by the build.
         "app_db_password": "unused",
         "app_cache_password": "unused",
+        "pgbackrest_repo_cipher_pass": "unused",
         **extra,
     }
+    # The app role reads the database tier's shape: one db host (this one).
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text("all:\n  children:\n    db:\n      hosts:\n        localhost:\n")
     run = subprocess.run(
-        ["ansible-playbook", "-i", "localhost,", str(playbook), "-e", json.dumps(extra_vars)],
+        ["ansible-playbook", "-i", str(inventory), str(playbook), "-e", json.dumps(extra_vars)],
         capture_output=True,
         text=True,
         env={**os.environ, "ANSIBLE_ROLES_PATH": str(REPO_ROOT / "roles"), "ANSIBLE_NOCOLOR": "1"},

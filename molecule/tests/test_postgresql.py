@@ -1,8 +1,15 @@
-"""PostgreSQL 18: running, reachable by the app user only, with its password only."""
+"""PostgreSQL 18: running, reachable by the app user only, with its password only; a unit
+that restarts itself and runs hardened; configuration changes PostgreSQL checks first."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import shlex
+import shutil
+import subprocess
+import time
 
 import pytest
 
@@ -75,3 +82,116 @@ def test_settings_sized_and_scram(host):
     assert settings["password_encryption"] == "scram-sha-256"
     assert int(settings["max_connections"]) >= 100
     assert settings["listen_addresses"] == "localhost"
+
+
+# --- the unit (issue 17): restarts itself, runs hardened ------------------------------------
+
+
+def postmaster_started(host) -> str:
+    with host.sudo("postgres"):
+        return host.check_output("psql -XAtc 'SELECT pg_postmaster_start_time()'")
+
+
+def test_unit_is_hardened(host):
+    out = host.check_output(f"systemd-analyze security --no-pager {UNIT} | tail -n 1")
+    exposure = float(re.search(r"level for \S+: ([0-9.]+)", out).group(1))
+    print(f"systemd-analyze security {UNIT}: {exposure}")
+    assert exposure <= 4.0, out
+
+
+def test_unit_restarts_after_a_crash(host):
+    restarts = int(host.check_output(f"systemctl show --property NRestarts --value {UNIT}"))
+    with host.sudo():
+        host.check_output(f"kill -KILL $(systemctl show --property MainPID --value {UNIT})")
+    killed = time.monotonic()
+    deadline = killed + 30
+    with host.sudo("postgres"):
+        while host.run("psql -XAtc 'SELECT 1'").rc != 0:
+            assert time.monotonic() < deadline, "PostgreSQL did not come back within 30 s"
+            time.sleep(0.2)
+    print(f"PostgreSQL answered again {time.monotonic() - killed:.1f} s after SIGKILL")
+    assert int(host.check_output(f"systemctl show --property NRestarts --value {UNIT}")) > restarts
+
+
+# --- configuration changes that cannot take it down (issue 12) ------------------------------
+
+SETTINGS_FILE = "/etc/postgresql/18/main/conf.d/60-webstack.conf"
+HBA_FILE = "/etc/postgresql/18/main/pg_hba.conf"
+
+
+def deploy(host, extra_vars: dict) -> subprocess.CompletedProcess[str]:
+    """ansible-playbook playbooks/postgresql.yml on this host, as an operator runs it."""
+    argv = [
+        shutil.which("ansible-playbook") or "ansible-playbook",
+        f"--inventory={os.environ['MOLECULE_INVENTORY_FILE']}",
+        f"--limit={host.backend.host}",
+        f"--extra-vars={json.dumps(extra_vars)}",
+        "playbooks/postgresql.yml",
+    ]
+    result = subprocess.run(
+        argv,
+        cwd=os.environ["MOLECULE_PROJECT_DIRECTORY"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+        env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"},
+    )
+    # Ansible prints a failure's message on stderr or stdout, depending on the callback.
+    result.stdout += result.stderr
+    print(result.stdout[-3000:])
+    return result
+
+
+def live_state(host) -> tuple[str, str, str]:
+    with host.sudo():
+        return (
+            postmaster_started(host),
+            host.file(SETTINGS_FILE).sha256sum,
+            host.file(HBA_FILE).sha256sum,
+        )
+
+
+def test_an_invalid_setting_fails_the_play_and_changes_nothing(host, secret):
+    before = live_state(host)
+    result = deploy(host, {"postgresql_extra_settings": {"work_mem": "4XB"}})
+    assert result.returncode != 0
+    assert 'invalid value for parameter "work_mem": "4XB"' in result.stdout
+    assert "Change postgresql_extra_settings.work_mem" in result.stdout
+    assert live_state(host) == before, "the live file or the server changed"
+    sql = "SELECT current_setting('work_mem')"
+    assert psql_tcp(host, "appuser", secret("postgresql_app_password"), sql).rc == 0
+
+
+def test_a_bad_hba_line_fails_the_play_and_changes_nothing(host, secret):
+    before = live_state(host)
+    bad = "host all all 10.0.0.0/33 scram-sha-256"
+    result = deploy(host, {"postgresql_hba_extra_rules": [bad]})
+    assert result.returncode != 0
+    assert 'invalid CIDR mask in address "10.0.0.0/33"' in result.stdout
+    assert live_state(host) == before, "the live file or the server changed"
+    assert psql_tcp(host, "appuser", secret("postgresql_app_password")).rc == 0
+
+
+def current(host, name: str) -> str:
+    with host.sudo("postgres"):
+        return host.check_output(f"psql -XAtc 'SHOW {name}'")
+
+
+def test_only_settings_of_context_postmaster_restart_and_the_play_names_them(host):
+    work_mem = current(host, "work_mem")
+    started = postmaster_started(host)
+    # work_mem takes a reload, max_files_per_process a restart.
+    changed = {"work_mem": "7MB" if work_mem != "7MB" else "9MB", "max_files_per_process": 1234}
+    result = deploy(host, {"postgresql_extra_settings": changed})
+    assert result.returncode == 0, result.stdout
+    assert f"Restarting {UNIT} for max_files_per_process" in result.stdout
+    assert current(host, "work_mem") == changed["work_mem"]
+    assert current(host, "max_files_per_process") == "1234"
+    assert postmaster_started(host) != started
+
+    # Back to the inventory's settings: the same single restart, for the same reason.
+    result = deploy(host, {})
+    assert result.returncode == 0, result.stdout
+    assert f"Restarting {UNIT} for max_files_per_process" in result.stdout
+    assert current(host, "work_mem") == work_mem

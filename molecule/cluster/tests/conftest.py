@@ -65,8 +65,10 @@ def load_json(path: Path) -> Any:
 
 @pytest.fixture(scope="session")
 def secret():
-    """A sandbox secret, read the way the inventory reads it (generated on the controller)."""
-    secrets = Path(os.environ.get("WEBSTACK_TESTBED_DIR", "/var/lib/webstack-testbed")) / "secrets"
+    """A secret of this scenario, read the way the inventory reads it (generated on the
+    controller, in the directory group_vars/all/testbed.yml names)."""
+    testbed = Path(os.environ.get("WEBSTACK_TESTBED_DIR", "/var/lib/webstack-testbed"))
+    secrets = testbed / "secrets-cluster"
 
     def read(name: str) -> str:
         return (secrets / name).read_text().split()[0]

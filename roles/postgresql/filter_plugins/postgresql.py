@@ -1,0 +1,52 @@
+"""postgresql.conf values written safely, and settings checked before anything changes."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from ansible.errors import AnsibleFilterError
+
+# A parameter name as postgresql.conf's lexer reads it: an identifier, or a qualified
+# `extension.name` for an extension's own settings.
+NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
+
+
+def postgresql_conf_value(value: Any) -> str:
+    """A value as postgresql.conf spells it: numbers bare, booleans on/off, text quoted."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, int | float):
+        return str(value)
+    text = str(value).replace("\\", "\\\\").replace("'", "''").replace("\n", "\\n")
+    return f"'{text}'"
+
+
+def postgresql_checked_settings(settings: Any, variable: str) -> dict[str, Any]:
+    """``settings`` unchanged, or an error naming ``variable`` and the bad entry.
+
+    Names and value types are checked here, at the start of the play; whether PostgreSQL
+    accepts each value is its own business (the role asks it before a file is replaced).
+    """
+    if not isinstance(settings, Mapping):
+        raise AnsibleFilterError(f"{variable} must be a mapping of setting names to values")
+    for name, value in settings.items():
+        if not isinstance(name, str) or not NAME.match(name):
+            raise AnsibleFilterError(
+                f"{variable}: {name!r} is not a PostgreSQL setting name "
+                "(letters, digits and '_', or extension.name)"
+            )
+        if value is None or isinstance(value, Mapping | list):
+            raise AnsibleFilterError(
+                f"{variable}.{name}: the value must be a string, number or boolean, not {value!r}"
+            )
+    return dict(settings)
+
+
+class FilterModule:
+    def filters(self) -> dict[str, Any]:
+        return {
+            "postgresql_conf_value": postgresql_conf_value,
+            "postgresql_checked_settings": postgresql_checked_settings,
+        }
