@@ -41,6 +41,12 @@ def test_the_proxy_balances_every_service_over_every_app_host(hosts, service):
     assert sum(served.values()) >= 60, served
 
 
+def test_the_added_host_runs_debian_13(hosts):
+    # app3 boots Debian 13 (molecule.yml); the balancing check above shows it serving.
+    assert hosts["app3"].system_info.codename == "trixie"
+    assert all(hosts[name].system_info.codename == "forky" for name in ("app1", "app2"))
+
+
 def test_every_upstream_lists_every_app_host(hosts):
     proxy = hosts["proxy1"]
     with proxy.sudo():
