@@ -29,6 +29,11 @@ def test_traffic_ran_through_both_deploys(tally):
 
 
 def test_no_request_failed_during_the_deploys(tally):
+    took = tally["finished"] - tally["started"]
+    print(
+        f"\nrelease, settings and password rotation, rollback: {tally['requests']} requests "
+        f"in {took:.0f} s, {tally['failures']} failed, by status {tally['by_status']}"
+    )
     assert tally["failures"] == 0, json.dumps(tally, indent=2)
 
 
