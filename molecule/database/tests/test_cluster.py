@@ -52,7 +52,7 @@ def test_haproxy_sends_the_app_to_the_primary(hosts, groups):
         "asyncio.run(main())\n"
     )
     # The password in the environment, not on the command line.
-    python = "/opt/webstack/venv/bin/python"
+    python = "/opt/webstack/current/venv/bin/python"
     out = app.check_output(f"APP_DB_PASS={shlex.quote(password)} {python} -c {shlex.quote(script)}")
     address, in_recovery = out.split()
     assert in_recovery == "False"
