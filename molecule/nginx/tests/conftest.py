@@ -14,6 +14,24 @@ SERVICE_SOCKETS = tuple(
 )
 
 
+def sh(*args: str) -> str:
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def curl_response(host, *curl_args: str) -> tuple[int, dict[str, str], str]:
+    """Status, headers (lower-case names) and body (as text) of one curl call on the host;
+    ``curl_args`` must include ``-D -`` so the head comes first on stdout."""
+    result = host.run(sh("curl", *curl_args))
+    assert result.rc == 0, result.stderr
+    head, _, body = result.stdout_bytes.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split()[1]), headers, body.decode(errors="replace")
+
+
 def write_file(host, path: str, content: str) -> None:
     with host.sudo():
         host.check_output(

@@ -11,6 +11,7 @@ import json
 import shlex
 
 import pytest
+from conftest import curl_response, sh
 
 PLAIN = "http://127.0.0.1"
 TLS = "https://127.0.0.1"
@@ -26,21 +27,9 @@ TLS12_EXPECTED = {
 TLS13_ALLOWED = {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"}
 
 
-def sh(*args: str) -> str:
-    return " ".join(shlex.quote(a) for a in args)
-
-
 def fetch(host, url: str, *curl_args: str) -> tuple[int, dict[str, str], str]:
     """Status, headers (lower-case names) and body of one GET, not following redirects."""
-    result = host.run(sh("curl", "-ksS", "-D", "-", *curl_args, url))
-    assert result.rc == 0, result.stderr
-    head, _, body = result.stdout_bytes.partition(b"\r\n\r\n")
-    lines = head.decode().split("\r\n")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(lines[0].split()[1]), headers, body.decode(errors="replace")
+    return curl_response(host, "-ksS", "-D", "-", *curl_args, url)
 
 
 def services(host) -> list[dict]:

@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import write_file
+from conftest import curl_response, sh, write_file
 
 BASE = "http://127.0.0.1:8080"
 NGINX = "/usr/local/sbin/nginx"
@@ -35,21 +35,9 @@ BURST_REQUESTS = 3000
 BURST_PARALLEL = 50  # below the 100 connections per address, so only limit_req refuses
 
 
-def sh(*args: str) -> str:
-    return " ".join(shlex.quote(a) for a in args)
-
-
 def response(host, path: str, *curl_args: str) -> tuple[int, dict[str, str], str]:
     """Status, headers (lower-case names) and body (as text) of one GET over loopback."""
-    result = host.run(sh("curl", "-sS", "-D", "-", *curl_args, BASE + path))
-    assert result.rc == 0, result.stderr
-    head, _, body = result.stdout_bytes.partition(b"\r\n\r\n")
-    lines = head.decode().split("\r\n")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(lines[0].split()[1]), headers, body.decode(errors="replace")
+    return curl_response(host, "-sS", "-D", "-", *curl_args, BASE + path)
 
 
 def status_counts(host, url: str, *curl_args: str) -> dict[int, int]:
