@@ -1,8 +1,8 @@
 """Deploys under load (molecule/resources/side_effect.yml): no request may fail.
 
-The side effect re-deploys while traffic runs through nginx: a new release (workers
-reloaded), a settings change with a rotated Valkey password (Valkey restarted, the app
-reloaded), then a rollback to the release before (reloaded). These checks read what it left
+The side effect re-deploys while traffic runs through nginx: a new release together with a
+settings change and a rotated Valkey password (Valkey restarted, the app reloaded), then a
+rollback to the release before (workers reloaded). These checks read what it left
 behind, so they need `molecule side-effect` (part of `molecule test`) to have run first.
 """
 
@@ -23,16 +23,17 @@ def tally(host) -> dict:
     return json.loads(result.content_string)
 
 
-def test_traffic_ran_through_both_deploys(tally):
+def test_traffic_ran_through_the_deploy_and_the_rollback(tally):
     assert tally["requests"] >= 500, tally
     assert tally["finished"] - tally["started"] >= 20, tally
 
 
-def test_no_request_failed_during_the_deploys(tally):
+def test_no_request_failed_during_the_deploy_and_the_rollback(tally):
     took = tally["finished"] - tally["started"]
     print(
-        f"\nrelease, settings and password rotation, rollback: {tally['requests']} requests "
-        f"in {took:.0f} s, {tally['failures']} failed, by status {tally['by_status']}"
+        "\nrelease with new settings and a rotated password, then rollback: "
+        f"{tally['requests']} requests in {took:.0f} s, {tally['failures']} failed, "
+        f"by status {tally['by_status']}"
     )
     assert tally["failures"] == 0, json.dumps(tally, indent=2)
 
