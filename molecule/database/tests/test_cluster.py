@@ -66,6 +66,7 @@ def test_haproxy_sends_the_app_to_the_primary(hosts, groups):
         ("etcd", "etcd.service"),
         ("db", "pgbackrest.service"),
         ("backup", "pgbackrest.service"),
+        ("app", "haproxy.service"),
     ],
 )
 def test_units_are_hardened(hosts, groups, group, unit):
