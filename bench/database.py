@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import run
 from bench.stack import TESTBED_KEY, BenchError, Host
 
 PATRONICTL = "patronictl --config-file /etc/patroni/config.yml"
@@ -302,7 +303,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    started = time.monotonic()
-    status = main()
-    print(f"({time.monotonic() - started:.0f} s)")
-    sys.exit(status)
+    run(main)

@@ -42,10 +42,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from bench import run
 
 PROJECT = Path(__file__).resolve().parent.parent
 TESTBED_KEY = Path("/var/lib/webstack-testbed/ssh/id_ed25519")
@@ -427,7 +428,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    started = time.monotonic()
-    status = main()
-    print(f"({time.monotonic() - started:.0f} s)")
-    sys.exit(status)
+    run(main)
