@@ -75,7 +75,11 @@ def _values(right: Any) -> list[Any]:
             result.append(f"{item['prefix']['addr']}/{item['prefix']['len']}")
         elif isinstance(item, dict) and "range" in item:
             low, high = item["range"]
-            result.extend(range(low, high + 1) if isinstance(low, int) else [f"{low}-{high}"])
+            if isinstance(low, int):
+                result.extend(range(low, high + 1))
+            else:  # nft merges neighbouring addresses into a range
+                first, last = ipaddress.ip_address(low), ipaddress.ip_address(high)
+                result.extend(str(n) for n in ipaddress.summarize_address_range(first, last))
         else:
             result.append(item)
     return result
@@ -116,6 +120,11 @@ def listening_ports(host) -> set[int]:
         if addr == "*" or not ipaddress.ip_address(addr).is_loopback:  # "*", 0.0.0.0, ::
             ports.add(int(port))
     return ports
+
+
+def hosts_in(networks: list[str], address: dict[str, str]) -> set[str]:
+    nets = [ipaddress.ip_network(n) for n in networks]
+    return {h for h, a in address.items() if any(ipaddress.ip_address(a) in n for n in nets)}
 
 
 def admits(rules: list[dict[str, Any]], source: str, port: int) -> bool:
@@ -178,11 +187,15 @@ def test_each_rule_admits_the_groups_that_need_it(site):
             else:
                 allowed = EXPECTED_SOURCES[rule["name"]]
             members = {h for g in allowed for h in groups.get(g, []) if h != name}
-            assert set(rule["sources"]) <= {f"{address[h]}/32" for h in members}, (name, rule)
+            admitted = hosts_in(rule["sources"], address)
+            # Hosts of those groups and nothing else (no wider network).
+            assert admitted <= members, (name, rule)
+            assert len(admitted) == sum(
+                ipaddress.ip_network(n).num_addresses for n in rule["sources"]
+            ), (name, rule)
             if rule["name"] in ("valkey", "otlp", "postgresql"):
                 # Every app host, the one added by the side effect too.
-                apps = {f"{address[h]}/32" for h in groups["app"] if h != name}
-                assert apps <= set(rule["sources"]), (name, rule)
+                assert {h for h in groups["app"] if h != name} <= admitted, (name, rule)
     # Each tier has its rules where the inventory puts it.
     for group, rule in [("cache", "valkey"), ("telemetry", "otlp"), ("db", "postgresql")]:
         for name in groups[group]:
