@@ -45,12 +45,15 @@ def test_addresses():
 @pytest.mark.parametrize(
     ("listen", "problem"),
     [
-        ([{"port": 0}], "nginx_listen[0]: port must be an integer 1-65535"),
-        ([{"port": "80"}], "nginx_listen[0]: port must be"),
-        ([{"port": 80}, {"port": 80, "tls": True}], "nginx_listen[1]: 80 is already listed"),
-        ([{"port": 443, "tls": "yes"}], "nginx_listen[0]: tls must be true or false"),
-        ([{"port": 80, "ssl": True}], "nginx_listen[0]: unknown fields ['ssl']"),
-        (["8080"], "nginx_listen[0]: must be a mapping"),
+        ([{"port": 0}], "webstack_nginx_listen[0]: port must be an integer 1-65535"),
+        ([{"port": "80"}], "webstack_nginx_listen[0]: port must be"),
+        (
+            [{"port": 80}, {"port": 80, "tls": True}],
+            "webstack_nginx_listen[1]: 80 is already listed",
+        ),
+        ([{"port": 443, "tls": "yes"}], "webstack_nginx_listen[0]: tls must be true or false"),
+        ([{"port": 80, "ssl": True}], "webstack_nginx_listen[0]: unknown fields ['ssl']"),
+        (["8080"], "webstack_nginx_listen[0]: must be a mapping"),
         ([{"port": 80, "address": "bad address"}], "is not an IP address or host name"),
         ([], "non-empty list"),
     ],

@@ -126,14 +126,12 @@ def _pg_answer(host, db_address: str) -> str:
     return host.check_output(f"python3 -c {shlex.quote(PG_PROBE)} {db_address}")
 
 
-def test_postgresql_asks_app_hosts_for_a_password_and_refuses_others(hosts):
+def test_postgresql_asks_app_hosts_for_a_password(hosts):
     db = address(hosts["db1"])
     # 'R': an authentication request (SCRAM), the server is willing to talk to this host.
+    # Other hosts do not get this far: the firewall drops them (test_firewall.py), and
+    # pg_hba.conf would refuse them behind it.
     assert _pg_answer(hosts["app1"], db).startswith("R")
-    refused = _pg_answer(hosts["cache1"], db)
-    assert refused.startswith("E") and "no pg_hba.conf entry" in refused, refused
-    refused = _pg_answer(hosts["proxy1"], db)
-    assert refused.startswith("E") and "no pg_hba.conf entry" in refused, refused
 
 
 def test_the_app_user_logs_in_from_an_app_host(hosts, secret):
@@ -171,11 +169,14 @@ def test_valkey_and_the_collector_answer_app_hosts(hosts, secret, name):
         f"python3 -c {shlex.quote(VALKEY_PING)} {cache} {shlex.quote(secret('valkey_password'))}"
     )
     assert out.split() == ["+OK", "+PONG"], out
-    assert (
-        host.check_output(f"curl -s -o /dev/null -w '%{{http_code}}' http://{cache}:13133/")
-        == "200"
-    )
     assert host.run(f"timeout 5 bash -c '</dev/tcp/{cache}/4317'").rc == 0
+
+
+def test_the_collector_is_healthy(hosts):
+    # Its health check listens beside the receivers; the firewall opens it to nobody.
+    cache1 = hosts["cache1"]
+    url = f"http://{address(cache1)}:13133/"
+    assert cache1.check_output(f"curl -s -o /dev/null -w '%{{http_code}}' {url}") == "200"
 
 
 def test_services_listen_on_the_private_address_only(hosts):

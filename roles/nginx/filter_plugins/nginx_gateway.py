@@ -1,6 +1,6 @@
 """nginx's listeners and the gateway's documentation links, checked and derived once.
 
-``nginx_listen`` lists the sockets nginx serves on (default :80, :443 with TLS, :8080);
+``webstack_nginx_listen`` lists the sockets nginx serves on (default :80, :443 with TLS, :8080);
 the gateway links and the seed's short documentation addresses come from the service map
 (``webstack_topology.services``), so a service added there appears on the overview page.
 Bad input stops the play with a message naming the variable and the entry.
@@ -15,7 +15,7 @@ from typing import Any
 
 from ansible.errors import AnsibleFilterError
 
-VARIABLE = "nginx_listen"
+VARIABLE = "webstack_nginx_listen"
 FIELDS = {"port", "address", "tls"}
 HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 
