@@ -20,8 +20,10 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from importlib import import_module
 
 from fastapi import FastAPI
+from opentelemetry.sdk.trace import TracerProvider
 
 from app.core import idempotency, metrics, openapi, telemetry
+from app.core.auth import RemoteUserCheck, UserCheck
 from app.core.body import RequestBodyGuard
 from app.core.cache import Cache
 from app.core.concurrency import ConcurrencyLimitMiddleware
@@ -29,6 +31,7 @@ from app.core.database import create_engine, create_schema, create_sessionmaker
 from app.core.domain import Domain
 from app.core.errors import install_error_handlers
 from app.core.gateway import RootPathMiddleware
+from app.core.services import ServiceClient
 from app.core.settings import (
     DEFAULT_DOMAINS,
     DOMAIN_NAMES,
@@ -37,6 +40,10 @@ from app.core.settings import (
     load_serving_settings,
     load_settings,
 )
+from app.core.state import AppState
+from app.users.lockout import LoginLockout
+from app.users.passwords import Passwords
+from app.users.service import LocalUserCheck
 
 logger = logging.getLogger("app")
 
@@ -50,6 +57,55 @@ def load_domains(names: Sequence[str]) -> list[Domain]:
     if unknown:
         raise ValueError(f"unknown domains {unknown}; known: {list(ALL_DOMAINS)}")
     return [import_module(f"app.{name}").domain for name in names]
+
+
+@asynccontextmanager
+async def open_state(
+    config: Settings, domains: Sequence[str], provider: TracerProvider | None
+) -> AsyncIterator[AppState]:
+    """Every resource of a worker serving ``domains``, made here and closed here."""
+    served = set(domains)
+    engine = create_engine(config)
+    cache = Cache.from_settings(config)
+    clients: list[ServiceClient] = []
+
+    def client(url: str | None) -> ServiceClient:
+        assert url is not None  # required where it is used (DOMAIN_REQUIREMENTS)
+        made = ServiceClient(url, config.service_connect_timeout, config.service_timeout, provider)
+        clients.append(made)
+        return made
+
+    try:
+        telemetry.start(provider, engine, cache.client)
+        sessions = create_sessionmaker(engine)
+        users_here = "users" in served
+        # Where users is served, tokens are checked against its table, also for the other
+        # domains of a single app; elsewhere orders and payments ask the users service.
+        users = None
+        if not users_here and served & {"orders", "payments"}:
+            users = client(config.users_url)
+        user_check: UserCheck | None = LocalUserCheck(sessions) if users_here else None
+        if users is not None:
+            user_check = RemoteUserCheck(users, config.auth_cache_ttl)
+        yield AppState(
+            settings=config,
+            engine=engine,
+            sessions=sessions,
+            cache=cache,
+            tracer_provider=provider,
+            user_check=user_check,
+            passwords=Passwords(config) if users_here else None,
+            login_lockout=LoginLockout(cache, config) if users_here else None,
+            users_service=users,
+            payments_service=client(config.payments_url) if "orders" in served else None,
+            orders_service=client(config.orders_url) if "payments" in served else None,
+        )
+    finally:
+        for made in clients:
+            await made.aclose()
+        await cache.close()
+        await engine.dispose()
+        telemetry.stop(provider)
 
 
 def create_app(settings: Settings | None = None, domains: Sequence[str] | None = None) -> FastAPI:
@@ -72,26 +128,20 @@ def create_app(settings: Settings | None = None, domains: Sequence[str] | None =
         else:
             config = settings
             check_required(config, names)
-        engine = create_engine(config)
-        cache = Cache.from_settings(config)
         provider = app.state.tracer_provider
-        try:
-            telemetry.start(provider, engine, cache.client)
+        async with open_state(config, names, provider) as state:
             if config.db_create_schema:
-                await create_schema(engine, tables)
-            app.state.settings = config
-            app.state.engine = engine
-            app.state.sessionmaker = create_sessionmaker(engine)
-            app.state.cache = cache
+                await create_schema(state.engine, tables)
             cache_state = "off"
-            if cache.enabled:
-                reachable = await cache.ping()
+            if state.cache.enabled:
+                reachable = await state.cache.ping()
                 cache_state = f"ttl={config.cache_ttl}s" + ("" if reachable else " (unreachable)")
+            app.state.resources = state
             async with AsyncExitStack() as domain_resources:
-                await domain_resources.enter_async_context(idempotency.maintenance(app, config))
+                await domain_resources.enter_async_context(idempotency.maintenance(state))
                 for domain in selected:
                     if domain.lifespan is not None:
-                        await domain_resources.enter_async_context(domain.lifespan(app, config))
+                        await domain_resources.enter_async_context(domain.lifespan(state))
                 logger.info(
                     "started: domains=%s%s db=%s:%s/%s cache=%s tracing=%s",
                     ",".join(domain.name for domain in selected),
@@ -102,11 +152,10 @@ def create_app(settings: Settings | None = None, domains: Sequence[str] | None =
                     cache_state,
                     "on" if provider is not None else "off",
                 )
-                yield
-        finally:
-            await cache.close()
-            await engine.dispose()
-            telemetry.stop(provider)
+                try:
+                    yield
+                finally:
+                    app.state.resources = None
 
     default = names == DEFAULT_DOMAINS
     app = FastAPI(

@@ -18,6 +18,7 @@ from sqlalchemy import text
 
 from app.core.database import Base
 from app.core.settings import Settings
+from app.core.state import state_of
 from app.main import ALL_DOMAINS, DEFAULT_DOMAINS, create_app, load_domains
 from tests.servers import CacheServer, PostgresServer
 
@@ -83,7 +84,7 @@ class Api:
 
     async def sql(self, statement: str, **params: Any) -> list[Any]:
         """Run SQL behind the app's back (to check or change the truth directly)."""
-        async with self.app.state.engine.begin() as conn:
+        async with state_of(self.app).engine.begin() as conn:
             result = await conn.execute(text(statement), params)
             return list(result) if result.returns_rows else []
 
@@ -93,7 +94,7 @@ class Api:
         tables = [table.name for table in Base.metadata.sorted_tables if table.name in present]
         if tables:
             await self.sql(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY")
-        client = self.app.state.cache.client
+        client = state_of(self.app).cache.client
         if client is not None:
             # Straight to the server, not through the breaker; a wrong password just fails.
             with contextlib.suppress(RedisError, OSError):

@@ -13,6 +13,7 @@ import jwt
 import pytest
 
 from app.core.settings import Settings
+from app.core.state import state_of
 from tests.conftest import Api, running_app
 from tests.servers import CacheServer, PostgresServer
 from tests.stack import JWT_SECRET, seed_001_settings
@@ -453,7 +454,7 @@ async def test_the_lock_does_not_tell_who_has_an_account(strict_users: Api) -> N
     assert answers["alice"] == answers["nobody"]
     assert answers["alice"][1] == 429
     # No address is kept in Valkey, only digests.
-    keys = await strict_users.app.state.cache.client.keys("login:*")
+    keys = await state_of(strict_users.app).cache.client.keys("login:*")
     assert keys and not any(b"alice" in key or b"nobody" in key for key in keys)
 
 

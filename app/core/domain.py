@@ -6,15 +6,15 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import Table
 
-from app.core.settings import Settings
+from app.core.state import AppState
 
-# Per-worker resources of a domain (clients, thread limiters), entered in the app's
-# lifespan after the engine and the cache exist, left before they close.
-DomainLifespan = Callable[[FastAPI, Settings], AbstractAsyncContextManager[None]]
+# Per-worker background work of a domain (the order sweep), entered in the app's lifespan
+# once its state (app/core/state.py) exists, left before the resources close.
+DomainLifespan = Callable[[AppState], AbstractAsyncContextManager[None]]
 
 
 @dataclass(frozen=True)
