@@ -3,9 +3,10 @@
 ``create_app()`` serves the domains named by ``APP_DOMAINS`` (by default items and notes,
 the seed-000 app); ``create_app(domains=["users"])`` serves the ones given, so one codebase
 runs as one app or as several services (Gunicorn accepts the call form too:
-``gunicorn 'app.main:create_app(domains=["items"])'``). With ``APP_ROOT_PATH`` equal to a
-domain's prefix (``/users``), that domain is served as a service behind the gateway: its
-routes relative to the prefix, its docs loading ``{prefix}/openapi.json``.
+``gunicorn 'app.main:create_app(domains=["items"])'``). Every domain's routes are at their
+public paths (``/users/me``), in one app as in a service of its own. ``APP_ROOT_PATH``
+(``/users``) is where a service published under a prefix has its own pages: docs,
+OpenAPI schema, metrics and health under it (``/users/docs``); health also at ``/health``.
 
 Nothing here connects to anything at import time: the settings are read, the engine and
 the cache client are created, and the exporters start in the lifespan, that is inside
@@ -30,7 +31,6 @@ from app.core.concurrency import ConcurrencyLimitMiddleware
 from app.core.database import create_engine, create_schema, create_sessionmaker
 from app.core.domain import Domain
 from app.core.errors import install_error_handlers
-from app.core.gateway import RootPathMiddleware
 from app.core.services import ServiceClient
 from app.core.settings import (
     DEFAULT_DOMAINS,
@@ -165,20 +165,30 @@ def create_app(settings: Settings | None = None, domains: Sequence[str] | None =
         if default
         else f"The {', '.join(names)} domain{'s' if len(names) > 1 else ''} of the webstack.",
         lifespan=lifespan,
+        docs_url=f"{root_path}/docs",
+        redoc_url=f"{root_path}/redoc",
+        openapi_url=f"{root_path}/openapi.json",
     )
     install_error_handlers(app)
 
-    @app.get("/health", tags=["health"])
     async def health() -> dict[str, str]:
         """Liveness: the worker answers, and which release it runs. Not traced."""
         return {"status": "ok", "release": serving.release}
 
+    # At /health for whatever checks the socket (roles/app) or nginx's /health reaches,
+    # and under the root path beside the service's other pages.
+    health_paths = dict.fromkeys(("/health", f"{root_path}/health"))
+    for path in health_paths:
+        documented = path == f"{root_path}/health"
+        app.add_api_route(
+            path, health, methods=["GET"], tags=["health"], include_in_schema=documented
+        )
+    metrics_path = f"{root_path}{metrics.METRICS_PATH}"
     # Innermost of ours: the metrics and spans around it include the time spent in line.
-    unqueued = {"/health", metrics.METRICS_PATH}
     app.add_middleware(
         ConcurrencyLimitMiddleware,
         limit=serving.max_concurrent_requests,
-        exempt=frozenset(unqueued | {root_path + path for path in unqueued}),
+        exempt=frozenset({*health_paths, metrics_path}),
     )
     # Outside the limit: a body is read and checked before its request takes a slot, so
     # a slow or hostile upload holds none; the route then gets it, or its refusal, at once.
@@ -187,16 +197,10 @@ def create_app(settings: Settings | None = None, domains: Sequence[str] | None =
     )
     if serving.metrics_enabled:
         # Before the domains' routes: a service's /{user_id} would otherwise take /metrics.
-        metrics.install(app)
+        metrics.install(app, metrics_path)
     for domain in selected:
-        alone = bool(root_path) and domain.prefix == root_path
-        if alone and domain.service_router is not None:
-            app.include_router(domain.service_router)
-        else:
-            app.include_router(domain.router)
+        app.include_router(domain.router)
     openapi.install(app, domains=names, max_body_bytes=serving.max_body_bytes)
-    if root_path:
-        app.add_middleware(RootPathMiddleware, root_path=root_path)  # outermost of ours
     app.state.tracer_provider = telemetry.instrument_app(app)
     return app
 

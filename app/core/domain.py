@@ -24,11 +24,6 @@ class Domain:
     router: APIRouter
     # The tables the domain owns: created at start-up when APP_DB_CREATE_SCHEMA is on.
     tables: tuple[Table, ...]
-    # A domain published under its own prefix (/users) can be served alone behind a
-    # gateway: with APP_ROOT_PATH equal to the prefix, ``service_router`` (the same routes
-    # relative to the prefix: /, /{order_id}) is served instead of ``router``.
-    prefix: str = ""
-    service_router: APIRouter | None = None
     lifespan: DomainLifespan | None = None
 
 

@@ -138,8 +138,9 @@ class ServingSettings(BaseSettings):
     # The domains this process serves, comma separated: one app with all of them, or one
     # service per domain (users, orders, payments; items,notes as the catalog).
     domains: DomainList = DEFAULT_DOMAINS
-    # The path prefix the gateway publishes this service under (e.g. /users): the docs
-    # then load {root_path}/openapi.json, and the domain whose prefix it is answers at "/".
+    # The path prefix the gateway publishes this service under (e.g. /users): its own
+    # pages (docs, openapi.json, metrics, health) are served under it; every domain's
+    # routes are at their public paths whatever it is.
     root_path: RootPath = ""
     # GET /metrics in the Prometheus format (for the internal scraper; nginx must not
     # route it).

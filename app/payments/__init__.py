@@ -7,12 +7,10 @@ from sqlalchemy import Table
 from app.core.domain import Domain
 from app.core.idempotency import IdempotencyRecord
 from app.payments.models import Payment
-from app.payments.router import build_router
+from app.payments.router import router
 
 domain = Domain(
     name="payments",
-    router=build_router("/payments"),
+    router=router,
     tables=(cast(Table, Payment.__table__), cast(Table, IdempotencyRecord.__table__)),
-    prefix="/payments",
-    service_router=build_router(""),
 )
