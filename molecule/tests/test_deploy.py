@@ -8,10 +8,12 @@ behind, so they need `molecule side-effect` (part of `molecule test`) to have ru
 
 from __future__ import annotations
 
+import io
 import json
 import shlex
 
 import pytest
+from dotenv import dotenv_values
 
 TALLY = "/var/tmp/deploy-load.json"
 
@@ -78,7 +80,9 @@ def test_rotated_password_works_and_the_old_one_is_refused(host, secret):
     assert ping(new) == "PONG"
     assert ping(old) != "PONG"
     with host.sudo():
-        assert f"APP_CACHE_PASS='{new}'" in host.file("/etc/webstack/app.env").content_string
+        written = host.file("/etc/webstack/app.env").content_string
+    # Read as the app reads it (app/core/settings.py): python-dotenv, nothing expanded.
+    assert dotenv_values(stream=io.StringIO(written), interpolate=False)["APP_CACHE_PASS"] == new
 
 
 def test_app_caches_with_the_rotated_password(host, secret):
