@@ -28,7 +28,7 @@ from app.core.database import database_unavailable
 from app.core.settings import Settings
 from app.core.state import state_of
 from app.main import create_app
-from tests.conftest import Api, make_settings, running_app
+from tests.apps import Api, make_settings, running_app
 from tests.servers import CacheServer, PostgresServer, free_port
 
 ERRORS_LOG = "app.core.errors"

@@ -28,7 +28,7 @@ from sqlalchemy.pool import NullPool
 from app.core.idempotency import purge_expired
 from app.core.settings import DatabaseSettings
 from app.core.state import state_of
-from tests.conftest import Api
+from tests.apps import Api
 from tests.servers import CacheServer, GunicornServer, PostgresServer, clean_env
 from tests.stack import JWT_SECRET, register
 

@@ -7,6 +7,8 @@ import shlex
 import time
 import uuid
 
+from conftest import assert_units_active
+
 SOCKET = "/run/webstack/app.sock"
 UNITS = ("webstack-app.socket", "webstack-app.service")
 
@@ -24,10 +26,7 @@ def over_socket(host, path: str, user: str = "www-data", method: str = "GET", bo
 
 
 def test_units_enabled_and_active(host):
-    for unit in UNITS:
-        service = host.service(unit)
-        assert service.is_enabled, unit
-        assert service.is_running, unit
+    assert_units_active(host, *UNITS)
 
 
 def test_health_through_the_socket(host):
