@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from dotenv import dotenv_values
 
 ROLES = Path(__file__).resolve().parents[2] / "roles"
 
@@ -24,6 +26,15 @@ def security_headers() -> dict[str, str]:
     """The headers nginx adds to every answer (lower-case names), from roles/nginx."""
     headers = role_defaults("nginx")["nginx_security_headers"]
     return {name.lower(): str(value) for name, value in headers.items()}
+
+
+def read_settings(host, path: str = "/etc/webstack/app.env") -> dict[str, str]:
+    """A settings file of the app's, read as the app reads it (python-dotenv, nothing
+    expanded: app/core/settings.py)."""
+    with host.sudo():
+        text = host.file(path).content_string
+    values = dotenv_values(stream=io.StringIO(text), interpolate=False)
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def assert_units_active(host, *units: str) -> None:

@@ -8,12 +8,11 @@ behind, so they need `molecule side-effect` (part of `molecule test`) to have ru
 
 from __future__ import annotations
 
-import io
 import json
 import shlex
 
 import pytest
-from dotenv import dotenv_values
+from conftest import read_settings
 
 TALLY = "/var/tmp/deploy-load.json"
 
@@ -79,10 +78,7 @@ def test_rotated_password_works_and_the_old_one_is_refused(host, secret):
 
     assert ping(new) == "PONG"
     assert ping(old) != "PONG"
-    with host.sudo():
-        written = host.file("/etc/webstack/app.env").content_string
-    # Read as the app reads it (app/core/settings.py): python-dotenv, nothing expanded.
-    assert dotenv_values(stream=io.StringIO(written), interpolate=False)["APP_CACHE_PASS"] == new
+    assert read_settings(host)["APP_CACHE_PASS"] == new
 
 
 def test_app_caches_with_the_rotated_password(host, secret):
