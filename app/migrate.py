@@ -122,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        apply_env_files(env_files_from_environment())  # a deployed service's (APP_ENV_FILES)
+        files = env_files_from_environment()  # a deployed service's settings files
+        if files:
+            apply_env_files(files)
         url = load_database_settings().database_url()
     except SettingsError as exc:
         print(f"app.migrate: {exc}", file=sys.stderr)

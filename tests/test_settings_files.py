@@ -16,7 +16,8 @@ import pytest
 from ansible.errors import AnsibleFilterError
 
 from app.core.settings import ENV_FILES_VARIABLE, apply_env_files, main, read_env_files
-from tests.servers import app_env_value, settings_file
+from tests.servers import PostgresServer, app_env_value, clean_env, settings_file
+from tests.test_startup import run_module
 
 AWKWARD = [
     "it's",
@@ -103,3 +104,13 @@ def test_the_check_accepts_good_files_and_names_what_is_wrong(
     assert "invalid settings: APP_DB_PORT" in capsys.readouterr().err
     assert main([str(tmp_path / "missing.env")]) == 2
     assert "cannot read settings file" in capsys.readouterr().err
+
+
+def test_migrations_read_the_settings_files(pg: PostgresServer, tmp_path: Path) -> None:
+    """roles/app runs `python -m app.migrate` with APP_ENV_FILES, not an environment."""
+    shared = tmp_path / "app.env"
+    shared.write_text(settings_file(pg.env(pg.create_database())))
+    env = clean_env(**{ENV_FILES_VARIABLE: str(shared)})
+    result = run_module("app.migrate", env)
+    assert result.returncode == 0, result.stderr
+    assert "Running upgrade" in result.stderr
