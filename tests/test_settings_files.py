@@ -10,6 +10,7 @@ what a service could not start with.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,17 @@ SHARED = {
     "APP_CACHE_PASS": "c'ache",
     "OTEL_SERVICE_NAME": "webstack",
 }
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored() -> Iterator[None]:
+    """Applying settings files changes this process's environment: undo it after each."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.mark.parametrize("value", AWKWARD)
