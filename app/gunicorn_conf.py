@@ -1,6 +1,10 @@
 """Gunicorn settings for the app: ``gunicorn -c app/gunicorn_conf.py app.main:app``.
 
-Every value comes from the environment (names and defaults in ``app/README.md``):
+Every value comes from the environment (names and defaults in ``app/README.md``). With
+``APP_ENV_FILES`` set (a deployed service: the settings files, ``:`` between them), the
+files are read into the environment first, here, each time Gunicorn executes this file:
+on start and on every reload (SIGHUP). Workers forked after a reload inherit the new
+settings; what the files no longer name is gone (see ``app/core/settings.py``).
 
 * ``APP_BIND``: where to listen, default ``unix:/run/webstack/app.sock``. Systemd socket
   activation (``LISTEN_FDS``) takes precedence when present.
@@ -48,6 +52,37 @@ from pathlib import Path
 from typing import Any
 
 METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def _forget_app_modules() -> None:
+    """Workers must import the app's code themselves, so a reload after a deploy runs the
+    new code; nothing of ``app`` may stay cached in the master."""
+    for name in [name for name in sys.modules if name == "app" or name.startswith("app.")]:
+        del sys.modules[name]
+
+
+def _apply_settings_files() -> None:
+    """The settings files into the environment, with the release in service's own code.
+
+    A file that cannot be read leaves the environment as it was, with a line saying so: a
+    start then stops at the settings check (``on_starting``), a reload keeps the settings
+    the workers had rather than stopping the master.
+    """
+    if not os.environ.get("APP_ENV_FILES"):
+        return
+    importlib.invalidate_caches()  # `current` may name another release since the last load
+    try:
+        from app.core.settings import SettingsError, apply_env_files, env_files_from_environment
+
+        try:
+            apply_env_files(env_files_from_environment())
+        except SettingsError as exc:
+            print(f"app: {exc}; the settings stay as they were", file=sys.stderr, flush=True)
+    finally:
+        _forget_app_modules()
+
+
+_apply_settings_files()
 
 
 def _env(name: str, default: str, *fallbacks: str) -> str:
@@ -158,13 +193,6 @@ def on_reload(server: Any) -> None:
     # A new release may sit behind the same import path (the `current` link): forget what the
     # import system remembers of the directories it saw.
     importlib.invalidate_caches()
-
-
-def _forget_app_modules() -> None:
-    """Workers must import the app's code themselves, so a reload after a deploy runs the
-    new code; nothing of ``app`` may stay cached in the master."""
-    for name in [name for name in sys.modules if name == "app" or name.startswith("app.")]:
-        del sys.modules[name]
 
 
 def _preload_libraries() -> None:

@@ -3,9 +3,10 @@
 ``create_app()`` serves the domains named by ``APP_DOMAINS`` (by default items and notes,
 the seed-000 app); ``create_app(domains=["users"])`` serves the ones given, so one codebase
 runs as one app or as several services (Gunicorn accepts the call form too:
-``gunicorn 'app.main:create_app(domains=["items"])'``). With ``APP_ROOT_PATH`` equal to a
-domain's prefix (``/users``), that domain is served as a service behind the gateway: its
-routes relative to the prefix, its docs loading ``{prefix}/openapi.json``.
+``gunicorn 'app.main:create_app(domains=["items"])'``). Every domain's routes are at their
+public paths (``/users/me``), in one app as in a service of its own. ``APP_ROOT_PATH``
+(``/users``) is where a service published under a prefix has its own pages: docs,
+OpenAPI schema, metrics and health under it (``/users/docs``); health also at ``/health``.
 
 Nothing here connects to anything at import time: the settings are read, the engine and
 the cache client are created, and the exporters start in the lifespan, that is inside
@@ -20,15 +21,17 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from importlib import import_module
 
 from fastapi import FastAPI
+from opentelemetry.sdk.trace import TracerProvider
 
 from app.core import idempotency, metrics, openapi, telemetry
+from app.core.auth import RemoteUserCheck, UserCheck
 from app.core.body import RequestBodyGuard
 from app.core.cache import Cache
 from app.core.concurrency import ConcurrencyLimitMiddleware
 from app.core.database import create_engine, create_schema, create_sessionmaker
 from app.core.domain import Domain
 from app.core.errors import install_error_handlers
-from app.core.gateway import RootPathMiddleware
+from app.core.services import ServiceClient
 from app.core.settings import (
     DEFAULT_DOMAINS,
     DOMAIN_NAMES,
@@ -37,6 +40,10 @@ from app.core.settings import (
     load_serving_settings,
     load_settings,
 )
+from app.core.state import AppState
+from app.users.lockout import LoginLockout
+from app.users.passwords import Passwords
+from app.users.service import LocalUserCheck
 
 logger = logging.getLogger("app")
 
@@ -50,6 +57,55 @@ def load_domains(names: Sequence[str]) -> list[Domain]:
     if unknown:
         raise ValueError(f"unknown domains {unknown}; known: {list(ALL_DOMAINS)}")
     return [import_module(f"app.{name}").domain for name in names]
+
+
+@asynccontextmanager
+async def open_state(
+    config: Settings, domains: Sequence[str], provider: TracerProvider | None
+) -> AsyncIterator[AppState]:
+    """Every resource of a worker serving ``domains``, made here and closed here."""
+    served = set(domains)
+    engine = create_engine(config)
+    cache = Cache.from_settings(config)
+    clients: list[ServiceClient] = []
+
+    def client(url: str | None) -> ServiceClient:
+        assert url is not None  # required where it is used (DOMAIN_REQUIREMENTS)
+        made = ServiceClient(url, config.service_connect_timeout, config.service_timeout, provider)
+        clients.append(made)
+        return made
+
+    try:
+        telemetry.start(provider, engine, cache.client)
+        sessions = create_sessionmaker(engine)
+        users_here = "users" in served
+        # Where users is served, tokens are checked against its table, also for the other
+        # domains of a single app; elsewhere orders and payments ask the users service.
+        users = None
+        if not users_here and served & {"orders", "payments"}:
+            users = client(config.users_url)
+        user_check: UserCheck | None = LocalUserCheck(sessions) if users_here else None
+        if users is not None:
+            user_check = RemoteUserCheck(users, config.auth_cache_ttl)
+        yield AppState(
+            settings=config,
+            engine=engine,
+            sessions=sessions,
+            cache=cache,
+            tracer_provider=provider,
+            user_check=user_check,
+            passwords=Passwords(config) if users_here else None,
+            login_lockout=LoginLockout(cache, config) if users_here else None,
+            users_service=users,
+            payments_service=client(config.payments_url) if "orders" in served else None,
+            orders_service=client(config.orders_url) if "payments" in served else None,
+        )
+    finally:
+        for made in clients:
+            await made.aclose()
+        await cache.close()
+        await engine.dispose()
+        telemetry.stop(provider)
 
 
 def create_app(settings: Settings | None = None, domains: Sequence[str] | None = None) -> FastAPI:
@@ -72,26 +128,20 @@ def create_app(settings: Settings | None = None, domains: Sequence[str] | None =
         else:
             config = settings
             check_required(config, names)
-        engine = create_engine(config)
-        cache = Cache.from_settings(config)
         provider = app.state.tracer_provider
-        try:
-            telemetry.start(provider, engine, cache.client)
+        async with open_state(config, names, provider) as state:
             if config.db_create_schema:
-                await create_schema(engine, tables)
-            app.state.settings = config
-            app.state.engine = engine
-            app.state.sessionmaker = create_sessionmaker(engine)
-            app.state.cache = cache
+                await create_schema(state.engine, tables)
             cache_state = "off"
-            if cache.enabled:
-                reachable = await cache.ping()
+            if state.cache.enabled:
+                reachable = await state.cache.ping()
                 cache_state = f"ttl={config.cache_ttl}s" + ("" if reachable else " (unreachable)")
+            app.state.resources = state
             async with AsyncExitStack() as domain_resources:
-                await domain_resources.enter_async_context(idempotency.maintenance(app, config))
+                await domain_resources.enter_async_context(idempotency.maintenance(state))
                 for domain in selected:
                     if domain.lifespan is not None:
-                        await domain_resources.enter_async_context(domain.lifespan(app, config))
+                        await domain_resources.enter_async_context(domain.lifespan(state))
                 logger.info(
                     "started: domains=%s%s db=%s:%s/%s cache=%s tracing=%s",
                     ",".join(domain.name for domain in selected),
@@ -102,11 +152,10 @@ def create_app(settings: Settings | None = None, domains: Sequence[str] | None =
                     cache_state,
                     "on" if provider is not None else "off",
                 )
-                yield
-        finally:
-            await cache.close()
-            await engine.dispose()
-            telemetry.stop(provider)
+                try:
+                    yield
+                finally:
+                    app.state.resources = None
 
     default = names == DEFAULT_DOMAINS
     app = FastAPI(
@@ -116,20 +165,30 @@ def create_app(settings: Settings | None = None, domains: Sequence[str] | None =
         if default
         else f"The {', '.join(names)} domain{'s' if len(names) > 1 else ''} of the webstack.",
         lifespan=lifespan,
+        docs_url=f"{root_path}/docs",
+        redoc_url=f"{root_path}/redoc",
+        openapi_url=f"{root_path}/openapi.json",
     )
     install_error_handlers(app)
 
-    @app.get("/health", tags=["health"])
     async def health() -> dict[str, str]:
         """Liveness: the worker answers, and which release it runs. Not traced."""
         return {"status": "ok", "release": serving.release}
 
+    # At /health for whatever checks the socket (roles/app) or nginx's /health reaches,
+    # and under the root path beside the service's other pages.
+    health_paths = dict.fromkeys(("/health", f"{root_path}/health"))
+    for path in health_paths:
+        documented = path == f"{root_path}/health"
+        app.add_api_route(
+            path, health, methods=["GET"], tags=["health"], include_in_schema=documented
+        )
+    metrics_path = f"{root_path}{metrics.METRICS_PATH}"
     # Innermost of ours: the metrics and spans around it include the time spent in line.
-    unqueued = {"/health", metrics.METRICS_PATH}
     app.add_middleware(
         ConcurrencyLimitMiddleware,
         limit=serving.max_concurrent_requests,
-        exempt=frozenset(unqueued | {root_path + path for path in unqueued}),
+        exempt=frozenset({*health_paths, metrics_path}),
     )
     # Outside the limit: a body is read and checked before its request takes a slot, so
     # a slow or hostile upload holds none; the route then gets it, or its refusal, at once.
@@ -138,16 +197,10 @@ def create_app(settings: Settings | None = None, domains: Sequence[str] | None =
     )
     if serving.metrics_enabled:
         # Before the domains' routes: a service's /{user_id} would otherwise take /metrics.
-        metrics.install(app)
+        metrics.install(app, metrics_path)
     for domain in selected:
-        alone = bool(root_path) and domain.prefix == root_path
-        if alone and domain.service_router is not None:
-            app.include_router(domain.service_router)
-        else:
-            app.include_router(domain.router)
+        app.include_router(domain.router)
     openapi.install(app, domains=names, max_body_bytes=serving.max_body_bytes)
-    if root_path:
-        app.add_middleware(RootPathMiddleware, root_path=root_path)  # outermost of ours
     app.state.tracer_provider = telemetry.instrument_app(app)
     return app
 

@@ -32,7 +32,12 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from app.core.settings import SettingsError, load_database_settings
+from app.core.settings import (
+    SettingsError,
+    apply_env_files,
+    env_files_from_environment,
+    load_database_settings,
+)
 
 logger = logging.getLogger("app.migrate")
 
@@ -117,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        files = env_files_from_environment()  # a deployed service's settings files
+        if files:
+            apply_env_files(files)
         url = load_database_settings().database_url()
     except SettingsError as exc:
         print(f"app.migrate: {exc}", file=sys.stderr)

@@ -42,7 +42,7 @@ from tests.servers import GunicornServer, clean_env, running_servers
 
 try:
     import uvloop
-except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+except ImportError:  # pragma: no cover - the bench dependency group has it on Linux
     uvloop = None  # type: ignore[assignment]
 
 MAX_REQUESTS = 5_000_000  # a bound on one phase, whatever the duration

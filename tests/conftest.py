@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import pytest
-from asgi_lifespan import LifespanManager
-from fastapi import FastAPI
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
-from sqlalchemy import text
 
-from app.core.database import Base
 from app.core.settings import Settings
-from app.main import ALL_DOMAINS, DEFAULT_DOMAINS, create_app, load_domains
+from app.main import ALL_DOMAINS, load_domains
+from tests.apps import Api, DomainApp, cache_client, make_settings, running_app
 from tests.servers import CacheServer, PostgresServer
+from tests.stack import Stack, seed_001_settings, single_app
 
 # Every domain's tables on Base.metadata, as app/migrations/env.py has them, whichever
 # tests ran before: resets and schema comparisons then see them all.
@@ -54,82 +48,9 @@ def cache_server() -> Iterator[CacheServer]:
         server.stop(remove=True)
 
 
-def server_env(
-    pg: PostgresServer, cache: CacheServer, database: str | None = None
-) -> dict[str, str]:
-    return {**pg.env(database), **cache.env()}
-
-
-def make_settings(
-    pg: PostgresServer, cache: CacheServer, database: str | None = None, **overrides: Any
-) -> Settings:
-    values: dict[str, Any] = {
-        name.removeprefix("APP_").lower(): value
-        for name, value in server_env(pg, cache, database).items()
-    }
-    values.update(overrides)
-    return Settings(**values)
-
-
 @pytest.fixture
 def settings(pg: PostgresServer, cache_server: CacheServer) -> Settings:
     return make_settings(pg, cache_server)
-
-
-@dataclass
-class Api:
-    app: FastAPI
-    client: httpx.AsyncClient
-
-    async def sql(self, statement: str, **params: Any) -> list[Any]:
-        """Run SQL behind the app's back (to check or change the truth directly)."""
-        async with self.app.state.engine.begin() as conn:
-            result = await conn.execute(text(statement), params)
-            return list(result) if result.returns_rows else []
-
-    async def reset(self) -> None:
-        """Empty the app's tables (those that exist) and its cache database."""
-        present = {row[0] for row in await self.sql("SELECT tablename FROM pg_tables")}
-        tables = [table.name for table in Base.metadata.sorted_tables if table.name in present]
-        if tables:
-            await self.sql(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY")
-        client = self.app.state.cache.client
-        if client is not None:
-            # Straight to the server, not through the breaker; a wrong password just fails.
-            with contextlib.suppress(RedisError, OSError):
-                await client.flushdb()
-
-    async def count(self, table: str) -> int:
-        rows = await self.sql(f"SELECT count(*) FROM {table}")
-        return int(rows[0][0])
-
-
-@asynccontextmanager
-async def running_app(
-    settings: Settings, domains: Sequence[str] = DEFAULT_DOMAINS, reset: bool = True
-) -> AsyncIterator[Api]:
-    """The app with its lifespan running, and an HTTP client talking to it in-process.
-
-    Unless ``reset`` is false, it starts on empty tables and an empty cache database.
-    """
-    app = create_app(settings, domains)
-    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            api = Api(app, client)
-            if reset:
-                await api.reset()
-            yield api
-
-
-@asynccontextmanager
-async def cache_client(cache: CacheServer, db: int = 0) -> AsyncIterator[Redis]:
-    """A plain client to look into the cache server."""
-    client = Redis(host=cache.host, port=cache.port, password=cache.password, db=db)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 @pytest.fixture
@@ -143,3 +64,28 @@ async def api(settings: Settings) -> AsyncIterator[Api]:
     """The full app on a clean database and an empty cache."""
     async with running_app(settings) as running:
         yield running
+
+
+@pytest.fixture
+async def stack(pg: PostgresServer, cache_server: CacheServer) -> AsyncIterator[Stack]:
+    """Every domain in one app on a socket, calling itself there: the single app."""
+    async with single_app(pg, cache_server) as running:
+        yield running
+
+
+@pytest.fixture
+def domain_app(pg: PostgresServer, cache_server: CacheServer) -> DomainApp:
+    """The factory of a seed-001 domain served alone, in-process, on clean tables:
+    ``async with domain_app("users", login_max_failures=2) as users: ...``; the keyword
+    arguments are settings (``settings=`` gives them whole)."""
+
+    @asynccontextmanager
+    async def start(
+        domain: str, settings: Settings | None = None, **overrides: Any
+    ) -> AsyncIterator[Api]:
+        if settings is None:
+            settings = seed_001_settings(pg, cache_server, **overrides)
+        async with running_app(settings, domains=[domain]) as running:
+            yield running
+
+    return start

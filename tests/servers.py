@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import importlib.util
 import os
 import pwd
 import secrets
@@ -343,6 +344,24 @@ class CacheServer:
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _role_filter(role: str, plugin: str, name: str) -> Any:
+    path = REPO_ROOT / "roles" / role / "filter_plugins" / f"{plugin}.py"
+    spec = importlib.util.spec_from_file_location(f"{role}_{plugin}_plugin", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
+# How roles/app writes a value into a settings file (its filter plugin, imported as it is).
+app_env_value = _role_filter("app", "app_settings", "app_env_value")
+
+
+def settings_file(values: dict[str, str]) -> str:
+    """A settings file as roles/app writes it."""
+    return "".join(f"{name}={app_env_value(value, name)}\n" for name, value in values.items())
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from app.core.auth import issue_token
 from app.core.settings import Settings
 from app.main import create_app
-from tests.conftest import Api, make_settings
+from tests.apps import Api, make_settings
 from tests.servers import CacheServer, PostgresServer
 
 # 64 bytes: long enough for HS512 too (a test signs with it to prove it is refused).

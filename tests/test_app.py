@@ -6,7 +6,7 @@ import pytest
 
 from app.core.settings import Settings
 from app.main import create_app
-from tests.conftest import Api, running_app
+from tests.apps import Api, running_app
 
 
 async def test_health(api: Api) -> None:

@@ -8,7 +8,7 @@ import json
 from redis.asyncio import Redis
 
 from app.core.settings import Settings
-from tests.conftest import Api, make_settings, running_app
+from tests.apps import Api, make_settings, running_app
 from tests.servers import CacheServer, PostgresServer
 
 

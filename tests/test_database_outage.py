@@ -26,8 +26,9 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, ProgrammingError
 
 from app.core.database import database_unavailable
 from app.core.settings import Settings
+from app.core.state import state_of
 from app.main import create_app
-from tests.conftest import Api, make_settings, running_app
+from tests.apps import Api, make_settings, running_app
 from tests.servers import CacheServer, PostgresServer, free_port
 
 ERRORS_LOG = "app.core.errors"
@@ -263,7 +264,7 @@ async def test_bugs_stay_500_logged_without_their_parameters(
     own_pg: PostgresServer, cache_server: CacheServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def broken(request: Request) -> None:
-        async with request.app.state.sessionmaker() as session:
+        async with state_of(request.app).sessions() as session:
             await session.execute(
                 text("SELECT name FROM no_such_table WHERE name = :name"),
                 {"name": "hunter2-secret"},
@@ -286,7 +287,7 @@ async def test_an_unexpected_constraint_violation_is_500(
     own_pg: PostgresServer, cache_server: CacheServer
 ) -> None:
     async def duplicate(request: Request) -> None:
-        async with request.app.state.sessionmaker() as session:
+        async with state_of(request.app).sessions() as session:
             await session.execute(text("INSERT INTO items (id, name) VALUES (1, 'a'), (1, 'b')"))
 
     async with app_with_route(outage_settings(own_pg, cache_server), "/dup", duplicate) as api:

@@ -1,4 +1,4 @@
-"""One codebase as separate services: root paths, docs behind the gateway, calls between them."""
+"""One codebase as separate services: docs under their prefix, calls between them."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from typing import Any
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.main import create_app
 from tests.servers import CacheServer, PostgresServer
@@ -28,20 +27,6 @@ from tests.stack import (
 SERVICES = ("users", "orders", "payments")
 
 
-def strip_prefix(app: ASGIApp, prefix: str) -> ASGIApp:
-    """What nginx does with ``location /users/ { proxy_pass http://users/; }``."""
-
-    async def gateway(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            path: str = scope["path"]
-            assert path == prefix or path.startswith(prefix + "/")
-            rest = path[len(prefix) :] or "/"
-            scope = {**scope, "path": rest, "raw_path": rest.encode()}
-        await app(scope, receive, send)
-
-    return gateway
-
-
 async def check_docs(client: httpx.AsyncClient, prefix: str, docs: str, openapi: str) -> Any:
     """``docs`` loads ``{prefix}/openapi.json``, and ``openapi`` answers it."""
     page = await client.get(docs)
@@ -52,40 +37,41 @@ async def check_docs(client: httpx.AsyncClient, prefix: str, docs: str, openapi:
     schema = await client.get(openapi)
     assert schema.status_code == 200
     body = schema.json()
-    # "Try it out" sends requests to the prefix.
-    assert body["servers"] == [{"url": prefix}]
+    # The paths are the public ones: "Try it out" sends them as they are.
+    assert "servers" not in body
     return body
 
 
-@pytest.mark.parametrize("stripped", [False, True], ids=["passed-on", "stripped"])
 async def test_a_service_docs_work_under_its_prefix(
-    pg: PostgresServer, cache_server: CacheServer, stripped: bool
+    pg: PostgresServer, cache_server: CacheServer
 ) -> None:
     settings = seed_001_settings(pg, cache_server, domains=("users",), root_path="/users")
     app = create_app(settings)
     async with LifespanManager(app) as manager:
-        asgi = strip_prefix(manager.app, "/users") if stripped else manager.app
-        transport = httpx.ASGITransport(app=asgi)
+        transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
             await reset(app, client)
             schema = await check_docs(client, "/users", "/users/docs", "/users/openapi.json")
             assert set(schema["paths"]) == {
-                "/register",
-                "/login",
-                "/me",
-                "/",
-                "/{user_id}",
-                "/health",
+                "/users/register",
+                "/users/login",
+                "/users/me",
+                "/users",
+                "/users/{user_id}",
+                "/users/health",
             }
             auth = await register(client, "alice")
-            # The collection, with and without the slash, and one user.
-            for path in ("/users", "/users/"):
-                listed = await client.get(path, headers=auth)
-                assert listed.status_code == 200, path
-                assert [u["username"] for u in listed.json()] == ["alice"]
+            # The collection and one user, at their public paths.
+            listed = await client.get("/users", headers=auth)
+            assert listed.status_code == 200
+            assert [u["username"] for u in listed.json()] == ["alice"]
             assert (await client.get("/users/1", headers=auth)).status_code == 200
             assert (await client.get("/users/me", headers=auth)).json()["username"] == "alice"
-            assert (await client.get("/users/health")).json()["status"] == "ok"
+            # Health under the prefix, and at /health for the checks of the socket.
+            for path in ("/users/health", "/health"):
+                assert (await client.get(path)).json()["status"] == "ok"
+            # Nothing strips the prefix: the service answers its public paths only.
+            assert (await client.get("/me", headers=auth)).status_code == 404
 
 
 async def test_one_app_keeps_its_docs_at_the_root(

@@ -16,7 +16,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import REPO_ROOT, CacheServer, GunicornServer, PostgresServer, clean_env
+from tests.servers import (
+    REPO_ROOT,
+    CacheServer,
+    GunicornServer,
+    PostgresServer,
+    clean_env,
+    settings_file,
+)
 
 CLIENT_IP = "203.0.113.7"
 
@@ -162,5 +169,45 @@ def test_gunicorn_refuses_to_start_without_settings() -> None:
             "APP_CACHE_PORT, APP_DB_NAME, APP_DB_PASS, APP_DB_PORT, APP_DB_USER\n"
         ) in stderr
         assert not server.socket.exists()
+    finally:
+        server.cleanup()
+
+
+async def test_settings_files_are_read_on_start_and_on_every_reload(
+    pg: PostgresServer, cache_server: CacheServer
+) -> None:
+    """As roles/app deploys a service: its settings only in files (APP_ENV_FILES), written
+    by the role's quoting; a changed file reaches the workers of a reload."""
+    server = Gunicorn(clean_env(OTEL_SDK_DISABLED="true"), workers=1)
+    shared, own = server.dir / "app.env", server.dir / "service-app.env"
+    settings = {
+        **pg.env(pg.create_database()),
+        **cache_server.env(db=1),
+        "APP_BIND": server.env["APP_BIND"],
+        "APP_WORKERS": "1",
+        "APP_CACHE_TTL": "30",
+    }
+
+    def write(release: str) -> None:
+        shared.write_text(settings_file({**settings, "APP_RELEASE": release}))
+        own.write_text(settings_file({"APP_DOMAINS": "items,notes"}))
+
+    write("""r1: it's "quoted", ${HOME} $USER #not-a-comment \\n""")
+    server.env["APP_ENV_FILES"] = f"{shared}:{own}"
+    try:
+        server.start()
+        async with server.client() as client:
+            health = (await client.get("/health")).json()
+            assert health["release"] == """r1: it's "quoted", ${HOME} $USER #not-a-comment \\n"""
+            write("r2")
+            assert server.process is not None
+            server.process.send_signal(signal.SIGHUP)
+            await asyncio.to_thread(server.wait_for_workers, 2)
+            for _ in range(50):  # until the old worker has gone
+                if (await client.get("/health")).json()["release"] == "r2":
+                    break
+                await asyncio.sleep(0.1)
+            assert (await client.get("/health")).json()["release"] == "r2"
+        assert server.stop() == 0
     finally:
         server.cleanup()

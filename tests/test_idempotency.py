@@ -27,7 +27,8 @@ from sqlalchemy.pool import NullPool
 
 from app.core.idempotency import purge_expired
 from app.core.settings import DatabaseSettings
-from tests.conftest import Api
+from app.core.state import state_of
+from tests.apps import Api
 from tests.servers import CacheServer, GunicornServer, PostgresServer, clean_env
 from tests.stack import JWT_SECRET, register
 
@@ -119,7 +120,7 @@ async def test_malformed_keys_are_422(api: Api, headers: list[tuple[str, Any]]) 
 
 async def test_expired_keys_are_free_again_and_purged(api: Api) -> None:
     await post_item(api, {"name": "old"}, KEY)
-    ttl = api.app.state.settings.idempotency_ttl
+    ttl = state_of(api.app).settings.idempotency_ttl
     await api.sql(
         "UPDATE idempotency_keys SET created_at = now() - make_interval(secs => :ttl + 1)",
         ttl=ttl,
@@ -133,7 +134,7 @@ async def test_expired_keys_are_free_again_and_purged(api: Api) -> None:
         "WHERE key = 'k2'",
         ttl=ttl,
     )
-    assert await purge_expired(api.app.state.sessionmaker, ttl) == 1
+    assert await purge_expired(state_of(api.app).sessions, ttl) == 1
     assert [row[0] for row in await api.sql("SELECT key FROM idempotency_keys")] == [
         KEY["Idempotency-Key"]
     ]
@@ -190,7 +191,7 @@ def waiting(db: Db, kind: str) -> Callable[[], Awaitable[bool]]:
 
 async def test_a_retry_during_the_first_attempt_waits_for_it(api: Api) -> None:
     """The second insert of the key waits on the unique index until the first commits."""
-    db = Db(api.app.state.engine)
+    db = Db(state_of(api.app).engine)
     async with db.holding("LOCK TABLE items IN EXCLUSIVE MODE"):
         first = asyncio.create_task(post_item(api, {"name": "slow"}, KEY))
         await until(waiting(db, "relation"))  # the first attempt: its key in, items locked

@@ -7,7 +7,7 @@ from datetime import datetime
 
 import pytest
 
-from tests.conftest import Api
+from tests.apps import Api
 
 
 async def create(api: Api, **body: object) -> dict[str, object]:

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import pytest
 
-from tests.conftest import Api
+from tests.apps import Api
 
 
 async def test_seed_walkthrough(api: Api) -> None:

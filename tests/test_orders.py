@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -38,12 +38,6 @@ LINES = [
     {"name": "Product 3", "quantity": 3, "price": 0.1},
 ]
 TOTAL = "110.27"  # 59.98 + 49.99 + 0.30, exactly
-
-
-@pytest.fixture
-async def stack(pg: PostgresServer, cache_server: CacheServer) -> AsyncIterator[Stack]:
-    async with single_app(pg, cache_server) as running:
-        yield running
 
 
 async def place(

@@ -19,9 +19,9 @@ import pytest
 from app.core.auth import SERVICE_AUDIENCE, SERVICE_SUBJECT, issue_service_token
 from app.core.settings import Settings
 from app.payments import processor
-from tests.conftest import Api, running_app
+from tests.apps import Api, DomainApp, running_app
 from tests.servers import CacheServer, PostgresServer
-from tests.stack import JWT_SECRET, Stack, register, seed_001_settings, single_app, token_for
+from tests.stack import JWT_SECRET, Stack, register, seed_001_settings, token_for
 
 ALICE, BOB = 1, 2
 CHARGES = "/payments/internal/charges"
@@ -35,9 +35,9 @@ def payments_settings(pg: PostgresServer, cache_server: CacheServer) -> Settings
 
 
 @pytest.fixture
-async def payments(payments_settings: Settings) -> AsyncIterator[Api]:
+async def payments(domain_app: DomainApp, payments_settings: Settings) -> AsyncIterator[Api]:
     """The payments service alone."""
-    async with running_app(payments_settings, domains=["payments"]) as running:
+    async with domain_app("payments", payments_settings) as running:
         yield running
 
 
@@ -242,12 +242,6 @@ async def test_only_the_orders_service_may_charge_orders(
 
 
 # --- What a user may pay: one app with users, orders and payments ----------------------
-
-
-@pytest.fixture
-async def stack(pg: PostgresServer, cache_server: CacheServer) -> AsyncIterator[Stack]:
-    async with single_app(pg, cache_server) as running:
-        yield running
 
 
 LINE = {"name": "Product 1", "quantity": 2, "price": "29.99"}

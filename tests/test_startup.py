@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from app.core.database import Base
-from tests.conftest import make_settings, running_app, server_env
+from tests.apps import make_settings, running_app, server_env
 from tests.servers import REPO_ROOT, CacheServer, PostgresServer, clean_env
 
 

@@ -10,7 +10,7 @@ from opentelemetry.trace import SpanKind
 
 from app.core.settings import Settings
 from app.main import create_app
-from tests.conftest import running_app
+from tests.apps import running_app
 
 
 def db_system(span: ReadableSpan) -> str | None:

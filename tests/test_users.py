@@ -13,7 +13,8 @@ import jwt
 import pytest
 
 from app.core.settings import Settings
-from tests.conftest import Api, running_app
+from app.core.state import state_of
+from tests.apps import Api, DomainApp, running_app
 from tests.servers import CacheServer, PostgresServer
 from tests.stack import JWT_SECRET, seed_001_settings
 
@@ -26,8 +27,8 @@ def users_settings(pg: PostgresServer, cache_server: CacheServer) -> Settings:
 
 
 @pytest.fixture
-async def users(users_settings: Settings) -> AsyncIterator[Api]:
-    async with running_app(users_settings, domains=["users"]) as running:
+async def users(domain_app: DomainApp, users_settings: Settings) -> AsyncIterator[Api]:
+    async with domain_app("users", users_settings) as running:
         yield running
 
 
@@ -306,7 +307,7 @@ async def test_users_domain_requires_the_jwt_secret(
     pg: PostgresServer, cache_server: CacheServer
 ) -> None:
     from app.core.settings import SettingsError
-    from tests.conftest import make_settings
+    from tests.apps import make_settings
 
     with pytest.raises(SettingsError, match="missing required settings: APP_JWT_SECRET"):
         async with running_app(make_settings(pg, cache_server), domains=["users"]):
@@ -408,11 +409,9 @@ async def test_an_inactive_account_cannot_log_in(users: Api) -> None:
 
 
 @pytest.fixture
-async def strict_users(users_settings: Settings) -> AsyncIterator[Api]:
-    settings = users_settings.model_copy(
-        update={"login_max_failures": 2, "login_lockout_base": 1.0, "login_lockout_max": 2.0}
-    )
-    async with running_app(settings, domains=["users"]) as running:
+async def strict_users(domain_app: DomainApp) -> AsyncIterator[Api]:
+    strict = {"login_max_failures": 2, "login_lockout_base": 1.0, "login_lockout_max": 2.0}
+    async with domain_app("users", **strict) as running:
         yield running
 
 
@@ -453,7 +452,7 @@ async def test_the_lock_does_not_tell_who_has_an_account(strict_users: Api) -> N
     assert answers["alice"] == answers["nobody"]
     assert answers["alice"][1] == 429
     # No address is kept in Valkey, only digests.
-    keys = await strict_users.app.state.cache.client.keys("login:*")
+    keys = await state_of(strict_users.app).cache.client.keys("login:*")
     assert keys and not any(b"alice" in key or b"nobody" in key for key in keys)
 
 

@@ -7,11 +7,12 @@ looked at, and requires every one of those claims. Any refusal is a 401 with
 ``WWW-Authenticate: Bearer``; the detail says only "expired", "invalid" or "unknown user".
 
 A well-signed token is valid only while its user exists and is active. Each app has a
-:class:`UserCheck` in ``app.state.user_check``: the users service reads its own table
-(``app/users/service.py``); orders and payments ask the users service (``GET /users/me``
-with the token) and keep its answer ``APP_AUTH_CACHE_TTL`` seconds per worker, so a
-deleted or deactivated user's tokens stop working everywhere within that time. When the
-users service cannot answer, the request is 503: an unchecked token is not trusted.
+:class:`UserCheck` (``AppState.user_check``, app/core/state.py): the users service reads
+its own table (``app/users/service.py``); orders and payments ask the users service
+(``GET /users/me`` with the token) and keep its answer ``APP_AUTH_CACHE_TTL`` seconds per
+worker, so a deleted or deactivated user's tokens stop working everywhere within that
+time. When the users service cannot answer, the request is 503: an unchecked token is not
+trusted.
 
 The key is ``APP_JWT_SECRET``, shared by the services that issue or check tokens.
 
@@ -34,12 +35,14 @@ from dataclasses import dataclass
 from typing import Annotated, Protocol
 
 import jwt
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, OAuth2PasswordBearer
 
+from app.core.errors import UnauthorizedError, UnavailableError
 from app.core.schemas import MAX_ID
-from app.core.services import ServiceClient, ServiceUnavailable, unavailable
+from app.core.services import ServiceClient, ServiceUnavailable
 from app.core.settings import Settings
+from app.core.state import state_of
 
 ALGORITHM = "HS256"
 ISSUER = "webstack"
@@ -54,13 +57,6 @@ SERVICE_SUBJECT = "service:orders"
 SERVICE_AUDIENCE = "webstack:payments"
 SERVICE_TOKEN_LIFETIME = 60
 _SERVICE_KEY_LABEL = b"webstack service credential: orders -> payments"
-
-
-def unauthorized(detail: str, error: str | None = "invalid_token") -> HTTPException:
-    challenge = "Bearer" if error is None else f'Bearer error="{error}"'
-    return HTTPException(
-        status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": challenge}
-    )
 
 
 def _secret(settings: Settings) -> str:
@@ -78,9 +74,9 @@ def issue_token(user_id: int, settings: Settings) -> tuple[str, int]:
 
 
 def user_id_from_token(token: str, settings: Settings) -> int:
-    """The user a valid token speaks for; raises the 401 otherwise."""
+    """The user a valid token speaks for; raises :class:`UnauthorizedError` otherwise."""
     if len(token) > MAX_TOKEN_LENGTH:
-        raise unauthorized("invalid token")
+        raise UnauthorizedError("invalid token")
     try:
         claims = jwt.decode(
             token,
@@ -90,12 +86,12 @@ def user_id_from_token(token: str, settings: Settings) -> int:
             options={"require": REQUIRED_CLAIMS},
         )
     except jwt.ExpiredSignatureError:
-        raise unauthorized("token expired") from None
+        raise UnauthorizedError("token expired") from None
     except jwt.InvalidTokenError:
-        raise unauthorized("invalid token") from None
+        raise UnauthorizedError("invalid token") from None
     subject = claims["sub"]
     if not isinstance(subject, str) or not _USER_ID.fullmatch(subject) or int(subject) > MAX_ID:
-        raise unauthorized("invalid token")
+        raise UnauthorizedError("invalid token")
     return int(subject)
 
 
@@ -117,9 +113,9 @@ def issue_service_token(settings: Settings) -> str:
 
 
 def check_service_token(token: str, settings: Settings) -> None:
-    """Raises the 401 unless ``token`` is the orders service's credential."""
+    """Raises :class:`UnauthorizedError` unless ``token`` is the orders service's credential."""
     if len(token) > MAX_TOKEN_LENGTH:
-        raise unauthorized("invalid token")
+        raise UnauthorizedError("invalid token")
     try:
         claims = jwt.decode(
             token,
@@ -130,14 +126,14 @@ def check_service_token(token: str, settings: Settings) -> None:
             options={"require": [*REQUIRED_CLAIMS, "aud"]},
         )
     except jwt.InvalidTokenError:
-        raise unauthorized("invalid token") from None
+        raise UnauthorizedError("invalid token") from None
     if claims["sub"] != SERVICE_SUBJECT:
-        raise unauthorized("invalid token")
+        raise UnauthorizedError("invalid token")
 
 
 class UserCheck(Protocol):
     async def is_active(self, user_id: int, token: str) -> bool:
-        """Whether the user exists and may act; raises a 503 when that cannot be known."""
+        """Whether the user exists and may act; :class:`UnavailableError` when unknown."""
         ...
 
 
@@ -159,16 +155,16 @@ class RemoteUserCheck:
         try:
             response = await self.users.request("GET", "/users/me", token=token)
         except ServiceUnavailable:
-            raise unavailable("user service unavailable") from None
+            raise UnavailableError("user service unavailable") from None
         if response.status_code == status.HTTP_200_OK:
             try:
                 active = response.json()["id"] == user_id
             except (ValueError, KeyError, TypeError):
-                raise unavailable("user service unavailable") from None
+                raise UnavailableError("user service unavailable") from None
         elif response.status_code == status.HTTP_401_UNAUTHORIZED:
             active = False
         else:
-            raise unavailable("user service unavailable")
+            raise UnavailableError("user service unavailable")
         if self.ttl > 0:
             if len(self._answers) >= self.MAX_ENTRIES:
                 self._answers.clear()  # crude, bounded, and only costs a few extra calls
@@ -206,11 +202,12 @@ async def authenticate(
     if known is not None:  # checked once already (app/core/idempotency.py)
         return known
     if token is None:
-        raise unauthorized("not authenticated", error=None)
-    principal = Principal(user_id_from_token(token, request.app.state.settings), token)
-    check: UserCheck = request.app.state.user_check
+        raise UnauthorizedError("not authenticated", error=None)
+    state = state_of(request.app)
+    principal = Principal(user_id_from_token(token, state.settings), token)
+    check = state.need("user_check", state.user_check)
     if not await check.is_active(principal.user_id, token):
-        raise unauthorized("unknown user")
+        raise UnauthorizedError("unknown user")
     request.scope[_PRINCIPAL] = principal
     return principal
 
@@ -231,8 +228,8 @@ async def authenticate_orders_service(
 ) -> None:
     """Only the orders service's credential passes (internal routes)."""
     if credentials is None:
-        raise unauthorized("not authenticated", error=None)
-    check_service_token(credentials.credentials, request.app.state.settings)
+        raise UnauthorizedError("not authenticated", error=None)
+    check_service_token(credentials.credentials, state_of(request.app).settings)
 
 
 async def authenticate_service_request(request: Request) -> None:

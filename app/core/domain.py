@@ -6,15 +6,15 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import Table
 
-from app.core.settings import Settings
+from app.core.state import AppState
 
-# Per-worker resources of a domain (clients, thread limiters), entered in the app's
-# lifespan after the engine and the cache exist, left before they close.
-DomainLifespan = Callable[[FastAPI, Settings], AbstractAsyncContextManager[None]]
+# Per-worker background work of a domain (the order sweep), entered in the app's lifespan
+# once its state (app/core/state.py) exists, left before the resources close.
+DomainLifespan = Callable[[AppState], AbstractAsyncContextManager[None]]
 
 
 @dataclass(frozen=True)
@@ -24,11 +24,6 @@ class Domain:
     router: APIRouter
     # The tables the domain owns: created at start-up when APP_DB_CREATE_SCHEMA is on.
     tables: tuple[Table, ...]
-    # A domain published under its own prefix (/users) can be served alone behind a
-    # gateway: with APP_ROOT_PATH equal to the prefix, ``service_router`` (the same routes
-    # relative to the prefix: /, /{order_id}) is served instead of ``router``.
-    prefix: str = ""
-    service_router: APIRouter | None = None
     lifespan: DomainLifespan | None = None
 
 

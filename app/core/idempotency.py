@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request, Response, status
+from fastapi import HTTPException, Request, Response, status
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
@@ -78,7 +78,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.core import auth
 from app.core.database import Base
 from app.core.metrics import route_label
-from app.core.settings import Settings
+from app.core.state import AppState, state_of
 
 logger = logging.getLogger(__name__)
 
@@ -389,8 +389,8 @@ async def run_once(
     if key is None:
         return await handler(request)
     keyed = await keyed_request(request, await principal_of(request), key, takes_body)
-    settings: Settings = request.app.state.settings
-    transaction = _Transaction(request.app.state.sessionmaker, keyed, settings.idempotency_ttl)
+    state = state_of(request.app)
+    transaction = _Transaction(state.sessions, keyed, state.settings.idempotency_ttl)
     try:
         with _joined(transaction):
             try:
@@ -488,9 +488,9 @@ async def _purge_forever(sessions: async_sessionmaker[AsyncSession], ttl: int) -
 
 
 @contextlib.asynccontextmanager
-async def maintenance(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
+async def maintenance(state: AppState) -> AsyncIterator[None]:
     """The per-worker task that deletes expired keys, for the app's lifespan."""
-    task = asyncio.create_task(_purge_forever(app.state.sessionmaker, settings.idempotency_ttl))
+    task = asyncio.create_task(_purge_forever(state.sessions, state.settings.idempotency_ttl))
     try:
         yield
     finally:

@@ -4,9 +4,9 @@
 
 ``http_requests_total{method, route, status}``
     Requests answered. ``route`` is the route's template as the public sees it
-    (``/orders/{order_id}``, the same whether the domain is served alone behind the
-    gateway or in one app; the docs as ``/docs``, ``/openapi.json``); requests that matched
-    no route count as ``<unmatched>``, so scanners cannot create a series per path.
+    (``/orders/{order_id}``, in one app as in a service of its own; the docs as ``/docs``,
+    a service's as ``/users/docs``); requests that matched no route count as
+    ``<unmatched>``, so scanners cannot create a series per path.
 ``http_request_duration_seconds{method, route, status}``
     A histogram of the time to the end of the response.
 ``http_requests_in_progress{method}``
@@ -98,14 +98,6 @@ ORDERS = Counter("webstack_orders_total", "Orders placed, by final status", ["st
 PAYMENTS = Counter("webstack_payments_total", "Payments by outcome", ["outcome"])
 
 
-def _route_path(scope: Scope) -> str:
-    path: str = scope["path"]
-    root_path: str = scope.get("root_path", "")
-    if root_path and path.startswith(root_path + "/"):
-        return path[len(root_path) :]
-    return path
-
-
 # Per app: the path of each plain Starlette route (the docs, /openapi.json), by endpoint.
 # FastAPI's router leaves scope["route"] only for its own API routes.
 _ENDPOINT_PATHS: weakref.WeakKeyDictionary[Any, dict[Callable[..., Any], str]] = (
@@ -129,26 +121,22 @@ def _endpoint_path(scope: Scope) -> str | None:
 
 
 def route_label(scope: Scope) -> str:
-    """The template of the route the router chose, as published (root path included)."""
+    """The template of the route the router chose: its public path (``/orders/{order_id}``)."""
     path = getattr(scope.get("route"), "path", None)
     if not isinstance(path, str):
         path = _endpoint_path(scope)
-    if path is None:
-        return UNMATCHED
-    root_path = scope.get("root_path", "")
-    if root_path and path == "/":
-        return root_path  # a service's collection: /orders, as in the single app
-    return root_path + path
+    return UNMATCHED if path is None else path
 
 
 class MetricsMiddleware:
     """Counts and times every HTTP request but the scrapes (pure ASGI: no body copies)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, scrape_path: str = METRICS_PATH) -> None:
         self.app = app
+        self.scrape_path = scrape_path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or _route_path(scope) == METRICS_PATH:
+        if scope["type"] != "http" or scope["path"] == self.scrape_path:
             await self.app(scope, receive, send)
             return
         method = scope["method"] if scope["method"] in METHODS else "other"
@@ -222,6 +210,7 @@ async def metrics(request: Request) -> Response:
     return Response(await run_in_threadpool(_exposition), media_type=CONTENT_TYPE_LATEST)
 
 
-def install(app: FastAPI) -> None:
-    app.add_middleware(MetricsMiddleware)
-    app.add_route(METRICS_PATH, metrics, methods=["GET"], include_in_schema=False)
+def install(app: FastAPI, path: str = METRICS_PATH) -> None:
+    """Count every request but the scrapes, which ``path`` answers (``{root path}/metrics``)."""
+    app.add_middleware(MetricsMiddleware, scrape_path=path)
+    app.add_route(path, metrics, methods=["GET"], include_in_schema=False)

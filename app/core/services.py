@@ -24,7 +24,6 @@ from typing import Any
 
 import anyio
 import httpx
-from fastapi import HTTPException, status
 from opentelemetry.sdk.trace import TracerProvider
 
 from app.core.concurrency import slot_released
@@ -37,13 +36,6 @@ class ServiceUnavailable(Exception):
         super().__init__(message)
         # False only when no connection was made: the service cannot have acted on it.
         self.maybe_delivered = maybe_delivered
-
-
-def unavailable(detail: str) -> HTTPException:
-    """The 503 a request gets when a service it depends on cannot answer."""
-    return HTTPException(
-        status.HTTP_503_SERVICE_UNAVAILABLE, detail=detail, headers={"Retry-After": "1"}
-    )
 
 
 class ServiceClient:

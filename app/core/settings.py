@@ -1,27 +1,47 @@
-"""Application settings, read from ``APP_*`` environment variables.
+r"""Application settings, read from ``APP_*`` environment variables.
 
 Every setting is documented in ``app/README.md``. A missing or malformed setting stops
 start-up with one :class:`SettingsError` naming every offending variable, rather than a
 pydantic traceback per field. Secrets are :class:`~pydantic.SecretStr`, so they never
 appear in a repr, a log line or an error message.
 
-``python -m app.core.settings`` checks the current environment and prints the settings
-with secrets masked (exit status 0), or the error (exit status 2).
+**Settings files.** A deployed service keeps its settings in files of ``KEY=VALUE`` lines
+(``APP_ENV_FILES``, paths separated by ``:``; later files win), read with python-dotenv as
+written: in double quotes with ``\\`` and ``\"`` escaped a value is taken literally (any
+character but a line break: ``'``, ``$`` and ``#`` included); nothing is expanded.
+:func:`apply_env_files` makes the environment what the files say (what they no longer name
+goes): Gunicorn's config does it on start and on every reload, so new workers get the new
+settings (``app/gunicorn_conf.py``), as do ``python -m app.migrate`` and the check below.
+
+``python -m app.core.settings [FILE...]`` checks the settings the files give (without
+FILE: ``APP_ENV_FILES``, or else the environment as it is) and prints them with secrets
+masked (exit status 0), or the error (exit status 2). ``--each FILE...`` checks once per
+FILE that exists, each on top of the first ones: a shared file against every service's
+own. The Ansible role runs it on a settings file before the file replaces the live one.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import sys
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Annotated, Any
 
+from dotenv import dotenv_values
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy import URL
 
 ENV_PREFIX = "APP_"
+# The settings files of a deployed service, separated by ":" (app/gunicorn_conf.py).
+ENV_FILES_VARIABLE = "APP_ENV_FILES"
+# Settings of these kinds (the app's, the OpenTelemetry SDK's) that the files no longer
+# name are removed when they are applied. Others they set (PROMETHEUS_MULTIPROC_DIR, which
+# must not change under a running master) are only ever set.
+FILE_VARIABLE_PREFIXES = (ENV_PREFIX, "OTEL_")
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 PositiveSeconds = Annotated[float, Field(gt=0)]
@@ -138,8 +158,9 @@ class ServingSettings(BaseSettings):
     # The domains this process serves, comma separated: one app with all of them, or one
     # service per domain (users, orders, payments; items,notes as the catalog).
     domains: DomainList = DEFAULT_DOMAINS
-    # The path prefix the gateway publishes this service under (e.g. /users): the docs
-    # then load {root_path}/openapi.json, and the domain whose prefix it is answers at "/".
+    # The path prefix the gateway publishes this service under (e.g. /users): its own
+    # pages (docs, openapi.json, metrics, health) are served under it; every domain's
+    # routes are at their public paths whatever it is.
     root_path: RootPath = ""
     # GET /metrics in the Prometheus format (for the internal scraper; nginx must not
     # route it).
@@ -309,16 +330,77 @@ def _format(missing: list[str], invalid: list[str]) -> str:
     return "; ".join(parts)
 
 
-def main() -> int:
+def env_files_from_environment() -> list[str]:
+    """The files ``APP_ENV_FILES`` names (none when it is unset or empty)."""
+    return [path for path in os.environ.get(ENV_FILES_VARIABLE, "").split(":") if path]
+
+
+def read_env_files(paths: Iterable[str | Path]) -> dict[str, str]:
+    """The ``KEY=VALUE`` lines of the files, later files winning; values as written.
+
+    A file that cannot be read is a :class:`SettingsError` naming it. Values are never
+    expanded (``${X}`` in a password stays ``${X}``).
+    """
+    values: dict[str, str] = {}
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as stream:
+                read = dotenv_values(stream=stream, interpolate=False)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"cannot read settings file {path}: {exc}") from None
+        values.update({key: value for key, value in read.items() if value is not None})
+    return values
+
+
+def apply_env_files(paths: Iterable[str | Path]) -> None:
+    """Make the environment what the files say, as a restart with them would.
+
+    ``APP_*`` and ``OTEL_*`` variables that they no longer name are removed (but
+    ``APP_ENV_FILES`` itself).
+    """
+    values = read_env_files(paths)
+    for name in list(os.environ):
+        kind = name.startswith(FILE_VARIABLE_PREFIXES) and name != ENV_FILES_VARIABLE
+        if kind and name not in values:
+            del os.environ[name]
+    os.environ.update(values)
+
+
+def _check(files: list[str]) -> int:
     try:
+        if files:
+            apply_env_files(files)
         settings = load_settings()
     except SettingsError as exc:
-        print(f"app: {exc}", file=sys.stderr)
+        where = f" ({', '.join(files)})" if files else ""
+        print(f"app: {exc}{where}", file=sys.stderr)
         return 2
     for field, value in settings.model_dump().items():
         shown = ",".join(value) if isinstance(value, tuple) else value
         print(f"{env_name(field)}={'' if shown is None else shown}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m app.core.settings",
+        description="Check the settings (of the files given, else APP_ENV_FILES, else the "
+        "environment) and print them, secrets masked; exit status 2 if they are unusable.",
+    )
+    parser.add_argument("files", nargs="*", metavar="FILE", help="settings files, in order")
+    parser.add_argument(
+        "--each",
+        nargs="*",
+        default=[],
+        metavar="FILE",
+        help="check once per FILE that exists, on top of the files before (a service's own)",
+    )
+    args = parser.parse_args(argv)
+    files = list(args.files) or env_files_from_environment()
+    extra = [path for path in args.each if os.path.exists(path)]
+    if not extra:
+        return _check(files)
+    return max(_check([*files, path]) for path in extra)
 
 
 if __name__ == "__main__":

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
 from sqlalchemy import func, update
 
 from app.core.cache import CacheKeys
 from app.core.crud import CachedCrud
 from app.core.errors import NotFoundError
 from app.core.idempotency import after_commit, unit_of_work
+from app.core.state import CacheDep, SessionsDep
 from app.items.models import Item
 from app.items.schemas import ItemRead, ItemUpdate
 
@@ -46,9 +47,9 @@ class ItemService(CachedCrud[ItemRead]):
         return ItemRead.model_validate(item)
 
 
-async def get_item_service(request: Request) -> ItemService:
+async def get_item_service(sessions: SessionsDep, cache: CacheDep) -> ItemService:
     # async: a plain `def` dependency would be run in a worker thread on every request.
-    return ItemService(request.app.state.sessionmaker, request.app.state.cache)
+    return ItemService(sessions, cache)
 
 
 ItemServiceDep = Annotated[ItemService, Depends(get_item_service)]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
 
 from app.core.cache import CacheKeys
 from app.core.crud import CachedCrud
+from app.core.state import CacheDep, SessionsDep
 from app.notes.models import Note
 from app.notes.schemas import NoteRead
 
@@ -21,9 +22,9 @@ class NoteService(CachedCrud[NoteRead]):
     noun = "note"
 
 
-async def get_note_service(request: Request) -> NoteService:
+async def get_note_service(sessions: SessionsDep, cache: CacheDep) -> NoteService:
     # async: a plain `def` dependency would be run in a worker thread on every request.
-    return NoteService(request.app.state.sessionmaker, request.app.state.cache)
+    return NoteService(sessions, cache)
 
 
 NoteServiceDep = Annotated[NoteService, Depends(get_note_service)]

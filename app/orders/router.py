@@ -46,29 +46,26 @@ async def get_order(order_id: IdPath, user: CurrentUser, service: OrderServiceDe
     return OrderRead.model_validate(await service.get(user.user_id, order_id))
 
 
-def build_router(prefix: str) -> APIRouter:
-    """The routes under ``prefix`` ("/orders" in one app; "" for the service alone)."""
-    router = APIRouter(prefix=prefix, tags=["orders"])
-    root = "" if prefix else "/"
-    router.add_api_route(
-        root,
-        create_order,
-        methods=["POST"],
-        status_code=status.HTTP_201_CREATED,
-        response_model=OrderRead,
-        responses={
-            **UNAUTHORIZED,
-            409: {"description": "The order this Idempotency-Key placed is gone"},
-            422: {"description": "Bad input, or an Idempotency-Key used for another request"},
-            503: {"description": "The user service cannot be reached"},
-        },
-        openapi_extra={"parameters": [idempotency.KEY_PARAMETER]},
-    )
-    router.add_api_route(root, list_orders, methods=["GET"], responses=UNAUTHORIZED)
-    router.add_api_route(
-        "/{order_id}",
-        get_order,
-        methods=["GET"],
-        responses={**UNAUTHORIZED, 404: {"description": "No order of yours"}},
-    )
-    return router
+# The routes at their public paths (/orders, /orders/{...}), in one app and as a service.
+router = APIRouter(prefix="/orders", tags=["orders"])
+router.add_api_route(
+    "",
+    create_order,
+    methods=["POST"],
+    status_code=status.HTTP_201_CREATED,
+    response_model=OrderRead,
+    responses={
+        **UNAUTHORIZED,
+        409: {"description": "The order this Idempotency-Key placed is gone"},
+        422: {"description": "Bad input, or an Idempotency-Key used for another request"},
+        503: {"description": "The user service cannot be reached"},
+    },
+    openapi_extra={"parameters": [idempotency.KEY_PARAMETER]},
+)
+router.add_api_route("", list_orders, methods=["GET"], responses=UNAUTHORIZED)
+router.add_api_route(
+    "/{order_id}",
+    get_order,
+    methods=["GET"],
+    responses={**UNAUTHORIZED, 404: {"description": "No order of yours"}},
+)

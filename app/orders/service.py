@@ -36,7 +36,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, HTTPException, Request, Response, status
+from fastapi import Depends, Response, status
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -44,9 +44,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.core import idempotency, metrics
 from app.core.auth import Principal, issue_service_token
 from app.core.domain import JSONBytes
+from app.core.errors import ConflictError
 from app.core.owned import OwnedRows
 from app.core.services import ServiceClient, ServiceUnavailable
 from app.core.settings import Settings
+from app.core.state import AppState, PaymentsServiceDep, SessionsDep, SettingsDep
 from app.orders.models import Order, OrderItem
 from app.orders.schemas import OrderCreate, OrderRead, OrderStatus
 
@@ -96,10 +98,7 @@ class OrderService(OwnedRows[Order]):
                     order_id = claimed.record.resource_id
                     order = None if order_id is None else await session.get(Order, order_id)
                     if order is None or order.user_id != caller.user_id:
-                        raise HTTPException(
-                            status.HTTP_409_CONFLICT,
-                            detail="the order of this Idempotency-Key is gone",
-                        )
+                        raise ConflictError("the order of this Idempotency-Key is gone")
             if order is None:
                 order = self._new_order(caller, data)
                 session.add(order)
@@ -242,10 +241,11 @@ async def _sweep_forever(service: OrderService, interval: float) -> None:
 
 
 @asynccontextmanager
-async def sweeper(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
+async def sweeper(state: AppState) -> AsyncIterator[None]:
     """The per-worker sweep of stale pending orders, for the domain's lifespan."""
-    service = OrderService(app.state.sessionmaker, app.state.payments_service, settings)
-    task = asyncio.create_task(_sweep_forever(service, settings.order_sweep_interval))
+    payments = state.need("payments_service", state.payments_service)
+    service = OrderService(state.sessions, payments, state.settings)
+    task = asyncio.create_task(_sweep_forever(service, state.settings.order_sweep_interval))
     try:
         yield
     finally:
@@ -256,9 +256,10 @@ async def sweeper(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
             pass
 
 
-async def get_order_service(request: Request) -> OrderService:
-    state = request.app.state
-    return OrderService(state.sessionmaker, state.payments_service, state.settings)
+async def get_order_service(
+    sessions: SessionsDep, payments: PaymentsServiceDep, settings: SettingsDep
+) -> OrderService:
+    return OrderService(sessions, payments, settings)
 
 
 OrderServiceDep = Annotated[OrderService, Depends(get_order_service)]

@@ -67,49 +67,46 @@ async def refund_payment(
     return PaymentRead.model_validate(await service.refund(user.user_id, payment_id))
 
 
-def build_router(prefix: str) -> APIRouter:
-    """The routes under ``prefix`` ("/payments" in one app; "" for the service alone)."""
-    # Writes honour Idempotency-Key: a retried charge or refund is answered, not redone.
-    router = APIRouter(prefix=prefix, tags=["payments"], route_class=IdempotentRoute)
-    root = "" if prefix else "/"
-    router.add_api_route(
-        root,
-        create_payment,
-        methods=["POST"],
-        status_code=status.HTTP_201_CREATED,
-        responses={
-            **UNAUTHORIZED,
-            200: {"description": "The order's existing payment", "model": PaymentRead},
-            404: {"description": "No order of yours with this id"},
-            409: {"description": "The order failed, or was paid by another method"},
-            422: {
-                "description": "Bad input (FastAPI's validation errors), or not the order's "
-                "amount or currency (a message)",
-                "content": VALIDATION_ERRORS_OR_MESSAGE,
-            },
-            503: {"description": "The user or order service cannot be reached"},
+# The routes at their public paths (/payments, /payments/{...}), in one app and as a service.
+# Writes honour Idempotency-Key: a retried charge or refund is answered, not redone.
+router = APIRouter(prefix="/payments", tags=["payments"], route_class=IdempotentRoute)
+router.add_api_route(
+    "",
+    create_payment,
+    methods=["POST"],
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        **UNAUTHORIZED,
+        200: {"description": "The order's existing payment", "model": PaymentRead},
+        404: {"description": "No order of yours with this id"},
+        409: {"description": "The order failed, or was paid by another method"},
+        422: {
+            "description": "Bad input (FastAPI's validation errors), or not the order's "
+            "amount or currency (a message)",
+            "content": VALIDATION_ERRORS_OR_MESSAGE,
         },
-    )
-    router.add_api_route(
-        INTERNAL_CHARGES,
-        charge_order,
-        methods=["POST"],
-        status_code=status.HTTP_201_CREATED,
-        dependencies=[OrdersServiceCaller],
-        include_in_schema=False,
-    )
-    router.add_api_route(root, list_payments, methods=["GET"], responses=UNAUTHORIZED)
-    router.add_api_route(
-        "/{payment_id}", get_payment, methods=["GET"], responses={**UNAUTHORIZED, **NOT_FOUND}
-    )
-    router.add_api_route(
-        "/{payment_id}/refund",
-        refund_payment,
-        methods=["POST"],
-        responses={
-            **UNAUTHORIZED,
-            **NOT_FOUND,
-            400: {"description": "The payment is not completed (pending, failed, refunded)"},
-        },
-    )
-    return router
+        503: {"description": "The user or order service cannot be reached"},
+    },
+)
+router.add_api_route(
+    INTERNAL_CHARGES,
+    charge_order,
+    methods=["POST"],
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[OrdersServiceCaller],
+    include_in_schema=False,
+)
+router.add_api_route("", list_payments, methods=["GET"], responses=UNAUTHORIZED)
+router.add_api_route(
+    "/{payment_id}", get_payment, methods=["GET"], responses={**UNAUTHORIZED, **NOT_FOUND}
+)
+router.add_api_route(
+    "/{payment_id}/refund",
+    refund_payment,
+    methods=["POST"],
+    responses={
+        **UNAUTHORIZED,
+        **NOT_FOUND,
+        400: {"description": "The payment is not completed (pending, failed, refunded)"},
+    },
+)

@@ -17,27 +17,31 @@ import logging
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, status
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core import metrics
-from app.core.auth import Principal, unauthorized
-from app.core.errors import NotFoundError
+from app.core.auth import Principal
+from app.core.errors import (
+    ConflictError,
+    InvalidStateError,
+    MismatchError,
+    NotFoundError,
+    UnauthorizedError,
+    UnavailableError,
+)
 from app.core.idempotency import unit_of_work
 from app.core.owned import OwnedRows
-from app.core.services import ServiceClient, ServiceUnavailable, unavailable
+from app.core.services import ServiceClient, ServiceUnavailable
 from app.core.settings import Settings
+from app.core.state import OrdersServiceDep, SessionsDep, SettingsDep
 from app.payments import processor
 from app.payments.models import IDEMPOTENCY_CONSTRAINT, Payment
 from app.payments.schemas import PaymentCreate, PaymentStatus
 
 logger = logging.getLogger(__name__)
-
-
-def _unprocessable(detail: str) -> HTTPException:
-    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=detail)
 
 
 class PaymentService(OwnedRows[Payment]):
@@ -61,14 +65,14 @@ class PaymentService(OwnedRows[Payment]):
             total = Decimal(str(order["total_amount"]))
             currency, order_status = str(order["currency"]), str(order["status"])
         except (KeyError, TypeError, InvalidOperation):
-            raise unavailable("order service sent an unreadable answer") from None
+            raise UnavailableError("order service sent an unreadable answer") from None
         if data.amount != total:
-            raise _unprocessable(
+            raise MismatchError(
                 f"amount {data.amount} does not match the total_amount of order "
                 f"{data.order_id}, {total}"
             )
         if data.currency != currency:
-            raise _unprocessable(
+            raise MismatchError(
                 f"currency {data.currency} does not match the currency of order "
                 f"{data.order_id}, {currency}"
             )
@@ -76,9 +80,8 @@ class PaymentService(OwnedRows[Payment]):
         # of a charge is) or never reached payments (nothing to answer with, and not to be
         # charged now: the order stays failed).
         if order_status == "failed" and not await self._has_payment(caller.user_id, data):
-            raise HTTPException(
-                status.HTTP_409_CONFLICT,
-                detail=f"order {data.order_id} failed and cannot be paid; place a new order",
+            raise ConflictError(
+                f"order {data.order_id} failed and cannot be paid; place a new order"
             )
         return await self.charge(caller.user_id, data)
 
@@ -98,19 +101,19 @@ class PaymentService(OwnedRows[Payment]):
             response = await self.orders.request("GET", f"/orders/{order_id}", token=caller.token)
         except ServiceUnavailable as exc:
             logger.warning("order service unavailable: %s", exc)
-            raise unavailable("order service unavailable") from None
+            raise UnavailableError("order service unavailable") from None
         if response.status_code == status.HTTP_404_NOT_FOUND:
             raise NotFoundError("order", order_id)
         if response.status_code == status.HTTP_401_UNAUTHORIZED:
-            raise unauthorized("unknown user")
+            raise UnauthorizedError("unknown user")
         if response.status_code != status.HTTP_200_OK:
             logger.warning("order service answered %s", response.status_code)
-            raise unavailable("order service unavailable")
+            raise UnavailableError("order service unavailable")
         try:
             order = response.json()
             mine = isinstance(order, dict) and order.get("user_id") == caller.user_id
         except ValueError:
-            raise unavailable("order service sent an unreadable answer") from None
+            raise UnavailableError("order service sent an unreadable answer") from None
         if not mine:
             raise NotFoundError("order", order_id)
         return dict(order)
@@ -153,13 +156,10 @@ class PaymentService(OwnedRows[Payment]):
                 ).one()
                 asked = (data.amount, data.currency, data.payment_method.value)
                 if (payment.amount, payment.currency, payment.payment_method) != asked:
-                    raise HTTPException(
-                        status.HTTP_409_CONFLICT,
-                        detail=(
-                            f"order {data.order_id} already has payment {payment.id} "
-                            f"({payment.amount} {payment.currency} by {payment.payment_method}, "
-                            f"{payment.status})"
-                        ),
+                    raise ConflictError(
+                        f"order {data.order_id} already has payment {payment.id} "
+                        f"({payment.amount} {payment.currency} by {payment.payment_method}, "
+                        f"{payment.status})"
                     )
         if payment.status == PaymentStatus.PENDING:
             payment = await self._process(payment)
@@ -212,18 +212,18 @@ class PaymentService(OwnedRows[Payment]):
             payment = (await session.scalars(statement)).one_or_none()
         if payment is None:
             current = await self.get(user_id, payment_id)  # 404 unless it is theirs
-            raise HTTPException(
-                status.HTTP_400_BAD_REQUEST,
-                detail=f"only a completed payment can be refunded; this one is {current.status}",
+            raise InvalidStateError(
+                f"only a completed payment can be refunded; this one is {current.status}"
             )
         metrics.payment(PaymentStatus.REFUNDED)
         logger.info("payment %s of user %s refunded", payment.id, user_id)
         return payment
 
 
-async def get_payment_service(request: Request) -> PaymentService:
-    state = request.app.state
-    return PaymentService(state.sessionmaker, state.settings, state.orders_service)
+async def get_payment_service(
+    sessions: SessionsDep, settings: SettingsDep, orders: OrdersServiceDep
+) -> PaymentService:
+    return PaymentService(sessions, settings, orders)
 
 
 PaymentServiceDep = Annotated[PaymentService, Depends(get_payment_service)]

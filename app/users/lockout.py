@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Depends
 from redis.asyncio import Redis
 
 from app.core.cache import Cache
 from app.core.settings import Settings
+from app.core.state import StateDep
 
 
 def _digest(name: str) -> str:
@@ -77,3 +79,10 @@ class LoginLockout:
     async def succeeded(self, name: str) -> None:
         failures, locked = self._keys(name)
         await self.cache.execute(lambda client: client.delete(failures, locked))
+
+
+async def get_login_lockout(state: StateDep) -> LoginLockout:
+    return state.need("login_lockout", state.login_lockout)
+
+
+LoginLockoutDep = Annotated[LoginLockout, Depends(get_login_lockout)]

@@ -9,12 +9,15 @@ slot instead of taking every thread and gigabytes of memory.
 from __future__ import annotations
 
 import secrets
+from typing import Annotated
 
 import anyio
+from fastapi import Depends
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
 from app.core.settings import Settings
+from app.core.state import StateDep
 
 
 class Passwords:
@@ -44,3 +47,10 @@ class Passwords:
         if self._unknown_user_hash is None:
             self._unknown_user_hash = await self.hash(secrets.token_urlsafe(16))
         await self.verify(password, self._unknown_user_hash)
+
+
+async def get_passwords(state: StateDep) -> Passwords:
+    return state.need("passwords", state.passwords)
+
+
+PasswordsDep = Annotated[Passwords, Depends(get_passwords)]

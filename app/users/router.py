@@ -104,39 +104,36 @@ async def get_user(user_id: IdPath, user: CurrentUser, service: UserServiceDep) 
     return UserPublic.model_validate(await service.get(user_id))
 
 
-def build_router(prefix: str) -> APIRouter:
-    """The routes under ``prefix`` ("/users" in one app; "" for the service on its own)."""
-    # Registration honours Idempotency-Key (a retry gets the first 201, not a 409).
-    router = APIRouter(prefix=prefix, tags=["users"], route_class=IdempotentRoute)
-    root = "" if prefix else "/"
-    for path, in_schema in (("/register", True), (root, False)):  # the seed uses both
-        router.add_api_route(
-            path,
-            register,
-            methods=["POST"],
-            status_code=status.HTTP_201_CREATED,
-            responses={409: {"description": "E-mail address or username taken"}},
-            include_in_schema=in_schema,
-        )
-    # Not a write: its answer (a token) is never stored, and a retry simply logs in again.
+# The routes at their public paths (/users, /users/{...}), in one app and as a service.
+# Registration honours Idempotency-Key (a retry gets the first 201, not a 409).
+router = APIRouter(prefix="/users", tags=["users"], route_class=IdempotentRoute)
+for path, in_schema in (("/register", True), ("", False)):  # the seed uses both
     router.add_api_route(
-        "/login",
-        login,
+        path,
+        register,
         methods=["POST"],
-        responses={
-            **UNAUTHORIZED,
-            429: {"description": "Too many failed logins for this name; see Retry-After"},
-        },
-        response_model=Token,
-        openapi_extra=LOGIN_BODY,
-        route_class_override=APIRoute,
+        status_code=status.HTTP_201_CREATED,
+        responses={409: {"description": "E-mail address or username taken"}},
+        include_in_schema=in_schema,
     )
-    router.add_api_route("/me", me, methods=["GET"], responses=UNAUTHORIZED)
-    router.add_api_route(root, list_users, methods=["GET"], responses=UNAUTHORIZED)
-    router.add_api_route(
-        "/{user_id}",
-        get_user,
-        methods=["GET"],
-        responses={**UNAUTHORIZED, 404: {"description": "No user with this id"}},
-    )
-    return router
+# Not a write: its answer (a token) is never stored, and a retry simply logs in again.
+router.add_api_route(
+    "/login",
+    login,
+    methods=["POST"],
+    responses={
+        **UNAUTHORIZED,
+        429: {"description": "Too many failed logins for this name; see Retry-After"},
+    },
+    response_model=Token,
+    openapi_extra=LOGIN_BODY,
+    route_class_override=APIRoute,
+)
+router.add_api_route("/me", me, methods=["GET"], responses=UNAUTHORIZED)
+router.add_api_route("", list_users, methods=["GET"], responses=UNAUTHORIZED)
+router.add_api_route(
+    "/{user_id}",
+    get_user,
+    methods=["GET"],
+    responses={**UNAUTHORIZED, 404: {"description": "No user with this id"}},
+)

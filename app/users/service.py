@@ -8,18 +8,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.core.auth import issue_token, unauthorized
-from app.core.errors import NotFoundError
+from app.core.auth import issue_token
+from app.core.errors import ConflictError, NotFoundError, TooManyAttempts, UnauthorizedError
 from app.core.idempotency import unit_of_work
 from app.core.settings import Settings
-from app.users.lockout import LoginLockout
+from app.core.state import SessionsDep, SettingsDep
+from app.users.lockout import LoginLockout, LoginLockoutDep
 from app.users.models import User
-from app.users.passwords import Passwords
+from app.users.passwords import Passwords, PasswordsDep
 from app.users.schemas import LoginRequest, Token, UserCreate
 
 EMAIL_TAKEN = "e-mail address already registered"
@@ -27,10 +28,6 @@ USERNAME_TAKEN = "username already taken"
 
 
 BAD_LOGIN = "incorrect username or password"
-
-
-def _conflict(detail: str) -> HTTPException:
-    return HTTPException(status.HTTP_409_CONFLICT, detail=detail)
 
 
 class LocalUserCheck:
@@ -71,9 +68,9 @@ class UserService:
                 )
             ).all()
         if any(row.email == data.email for row in taken):
-            raise _conflict(EMAIL_TAKEN)
+            raise ConflictError(EMAIL_TAKEN)
         if taken:
-            raise _conflict(USERNAME_TAKEN)
+            raise ConflictError(USERNAME_TAKEN)
         user = User(
             email=data.email,
             username=data.username,
@@ -86,7 +83,7 @@ class UserService:
                 await session.flush()  # the unique constraints speak here
         except IntegrityError as exc:
             taken = EMAIL_TAKEN if "uq_users_email" in str(exc) else USERNAME_TAKEN
-            raise _conflict(taken) from None
+            raise ConflictError(taken) from None
         return user
 
     async def login(self, data: LoginRequest) -> Token:
@@ -94,11 +91,7 @@ class UserService:
         name = data.name
         wait = await self.lockout.retry_after(name)
         if wait is not None:
-            raise HTTPException(
-                status.HTTP_429_TOO_MANY_REQUESTS,
-                detail="too many failed logins; try again later",
-                headers={"Retry-After": str(wait)},
-            )
+            raise TooManyAttempts("too many failed logins; try again later", retry_after=wait)
         column = User.email if "@" in name else User.username
         async with self.sessions() as session:
             user = await session.scalar(select(User).where(column == name))
@@ -109,7 +102,7 @@ class UserService:
             valid, new_hash = await self.passwords.verify(data.password, user.password_hash)
         if user is None or not valid or not user.is_active:
             await self.lockout.failed(name)
-            raise unauthorized(BAD_LOGIN, error=None)
+            raise UnauthorizedError(BAD_LOGIN, error=None)
         await self.lockout.succeeded(name)
         if new_hash is not None:  # the hash costs changed since: upgrade it now
             async with self.sessions() as session:
@@ -124,7 +117,7 @@ class UserService:
         async with self.sessions() as session:
             user = await session.get(User, user_id)
         if user is None or not user.is_active:  # a valid token of an account gone or off
-            raise unauthorized("unknown user")
+            raise UnauthorizedError("unknown user")
         return user
 
     async def get(self, user_id: int) -> User:
@@ -140,9 +133,10 @@ class UserService:
             return list(rows)
 
 
-async def get_user_service(request: Request) -> UserService:
-    state = request.app.state
-    return UserService(state.sessionmaker, state.passwords, state.settings, state.login_lockout)
+async def get_user_service(
+    sessions: SessionsDep, passwords: PasswordsDep, settings: SettingsDep, lockout: LoginLockoutDep
+) -> UserService:
+    return UserService(sessions, passwords, settings, lockout)
 
 
 UserServiceDep = Annotated[UserService, Depends(get_user_service)]

@@ -2,10 +2,60 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+import yaml
+from dotenv import dotenv_values
+
+ROLES = Path(__file__).resolve().parents[2] / "roles"
+
+
+def role_defaults(role: str) -> dict[str, Any]:
+    """A role's defaults as the role declares them: tests compare against these rather
+    than restating them (the scenarios leave them as they are unless a test says so)."""
+    return yaml.safe_load((ROLES / role / "defaults" / "main.yml").read_text())
+
+
+@pytest.fixture(scope="session")
+def security_headers() -> dict[str, str]:
+    """The headers nginx adds to every answer (lower-case names), from roles/nginx."""
+    headers = role_defaults("nginx")["nginx_security_headers"]
+    return {name.lower(): str(value) for name, value in headers.items()}
+
+
+def read_settings(host, path: str = "/etc/webstack/app.env") -> dict[str, str]:
+    """A settings file of the app's, read as the app reads it (python-dotenv, nothing
+    expanded: app/core/settings.py)."""
+    with host.sudo():
+        text = host.file(path).content_string
+    values = dotenv_values(stream=io.StringIO(text), interpolate=False)
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def assert_units_active(host, *units: str) -> None:
+    """Each unit enabled (starts at boot) and running now."""
+    for unit in units:
+        service = host.service(unit)
+        assert service.is_enabled, f"{unit} is not enabled"
+        assert service.is_running, f"{unit} is not running"
+
+
+@pytest.fixture(scope="module")
+def address(host) -> str:
+    """The host's address on the test bed's bridge, as clients reach it."""
+    return host.ansible.get_variables()["ansible_host"]
+
+
+@pytest.fixture(scope="module")
+def api(address):
+    """A client of the gateway's plain-HTTP listener, :8080."""
+    with httpx.Client(base_url=f"http://{address}:8080", timeout=30) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,8 @@ import shlex
 import time
 import uuid
 
+from conftest import assert_units_active, read_settings
+
 SOCKET = "/run/webstack/app.sock"
 UNITS = ("webstack-app.socket", "webstack-app.service")
 
@@ -24,10 +26,7 @@ def over_socket(host, path: str, user: str = "www-data", method: str = "GET", bo
 
 
 def test_units_enabled_and_active(host):
-    for unit in UNITS:
-        service = host.service(unit)
-        assert service.is_enabled, unit
-        assert service.is_running, unit
+    assert_units_active(host, *UNITS)
 
 
 def test_health_through_the_socket(host):
@@ -57,7 +56,7 @@ def test_settings_file_is_private(host, secret):
     with host.sudo():
         env = host.file("/etc/webstack/app.env")
         assert (env.user, env.group, env.mode) == ("root", "webstack", 0o640)
-        assert f"APP_DB_PASS='{secret('postgresql_app_password')}'" in env.content_string
+    assert read_settings(host)["APP_DB_PASS"] == secret("postgresql_app_password")
     with host.sudo():
         processes = host.check_output("ps -eo args")
     assert secret("postgresql_app_password") not in processes

@@ -12,6 +12,7 @@ import json
 import shlex
 
 import pytest
+from conftest import read_settings
 
 TALLY = "/var/tmp/deploy-load.json"
 
@@ -78,8 +79,7 @@ def test_rotated_password_works_and_the_old_one_is_refused(host, secret):
 
     assert ping(new) == "PONG"
     assert ping(old) != "PONG"
-    with host.sudo():
-        assert f"APP_CACHE_PASS='{new}'" in host.file("/etc/webstack/app.env").content_string
+    assert read_settings(host)["APP_CACHE_PASS"] == new
 
 
 def test_app_caches_with_the_rotated_password(host, secret):

@@ -18,11 +18,6 @@ SCHEMES = ("http-80", "https-443", "http-8080")
 
 
 @pytest.fixture(scope="module")
-def address(host) -> str:
-    return host.ansible.get_variables()["ansible_host"]
-
-
-@pytest.fixture(scope="module")
 def trust(host) -> ssl.SSLContext:
     """A TLS client context trusting the host's self-signed certificate, names checked."""
     certificate = host.file("/etc/nginx/tls/gateway.crt").content_string

@@ -7,6 +7,7 @@ import urllib.request
 import uuid
 
 import pytest
+from conftest import assert_units_active
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 from opentelemetry.sdk.resources import Resource
@@ -16,15 +17,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 UNIT = "otelcol-contrib.service"
 
 
-@pytest.fixture(scope="module")
-def address(host) -> str:
-    return host.ansible.get_variables()["ansible_host"]
-
-
 def test_unit_enabled_and_active(host):
-    service = host.service(UNIT)
-    assert service.is_enabled
-    assert service.is_running
+    assert_units_active(host, UNIT)
 
 
 def test_health_check_answers(address):

@@ -12,6 +12,7 @@ import subprocess
 import time
 
 import pytest
+from conftest import assert_units_active
 
 UNIT = "postgresql@18-main.service"
 
@@ -22,9 +23,7 @@ def psql_tcp(host, user: str, password: str, sql: str = "SELECT 1", db: str = "a
 
 
 def test_unit_enabled_and_active(host):
-    service = host.service(UNIT)
-    assert service.is_enabled
-    assert service.is_running
+    assert_units_active(host, UNIT)
 
 
 def test_server_is_version_18(host):

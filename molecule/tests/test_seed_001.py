@@ -35,11 +35,6 @@ def curl(command: str, base: str) -> tuple[int, str]:
     return int(status), body
 
 
-@pytest.fixture(scope="module")
-def address(host) -> str:
-    return host.ansible.get_variables()["ansible_host"]
-
-
 @pytest.fixture(params=["http", "https"])
 def base(request, host, address) -> str:
     # A fresh start for the seed's accounts: its examples register fixed names.

@@ -9,6 +9,7 @@ import uuid
 
 import httpx
 import pytest
+from conftest import assert_units_active
 
 UNITS = (
     "nginx.service",
@@ -18,27 +19,11 @@ UNITS = (
     "valkey-server.service",
     "otelcol-contrib.service",
 )
-SECURITY_HEADERS = {
-    "x-frame-options": "SAMEORIGIN",
-    "x-content-type-options": "nosniff",
-    "x-xss-protection": "1; mode=block",
-    "referrer-policy": "no-referrer-when-downgrade",
-}
 LIMITED_ADDRESS = "127.0.0.2"  # not on the sandbox's nginx_rate_limit_exempt list
 
 
-@pytest.fixture(scope="module")
-def api(host):
-    address = host.ansible.get_variables()["ansible_host"]
-    with httpx.Client(base_url=f"http://{address}:8080", timeout=10) as client:
-        yield client
-
-
 def test_every_unit_enabled_and_active(host):
-    for unit in UNITS:
-        service = host.service(unit)
-        assert service.is_enabled, unit
-        assert service.is_running, unit
+    assert_units_active(host, *UNITS)
 
 
 def last_page(api, path: str) -> list[dict]:
@@ -140,9 +125,9 @@ def test_brotli_modules_loaded(host):
     assert "ngx_http_brotli_static_module.so" in maps
 
 
-def test_security_headers_and_no_version(api):
+def test_security_headers_and_no_version(api, security_headers):
     response = api.get("/api/items")
-    for name, value in SECURITY_HEADERS.items():
+    for name, value in security_headers.items():
         assert response.headers.get(name) == value, name
     assert response.headers["server"] == "nginx"
 

@@ -96,7 +96,7 @@ def test_limit_touches_only_the_host_it_names(recorded):
     ran = recap((recorded / "limited.log").read_text())
     assert set(ran) == {"app2"}, ran
     assert ran["app2"]["failed"] == 0
-    assert load_json(recorded / "markers-app2.json") == ["APP_LIMIT_MARK='limited'"]
+    assert load_json(recorded / "markers-app2.json") == ['APP_LIMIT_MARK="limited"']
     assert load_json(recorded / "markers-app1.json") == []
 
 

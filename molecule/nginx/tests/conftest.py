@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 # One socket per service of the scenario's map (molecule.yml): app, users, orders, payments.
 SERVICE_SOCKETS = tuple(
@@ -62,3 +63,12 @@ def echo_app(host):
     with host.sudo():
         host.run("systemctl stop verify-echo-app.service")
         host.run(f"rm -f {' '.join(SERVICE_SOCKETS)} /run/verify-echo-app.py")
+
+
+@pytest.fixture(scope="session")
+def security_headers() -> dict[str, str]:
+    """The headers nginx adds to every answer (lower-case names), as roles/nginx declares
+    them by default: compared against, never restated."""
+    defaults = Path(__file__).resolve().parents[3] / "roles/nginx/defaults/main.yml"
+    headers = yaml.safe_load(defaults.read_text())["nginx_security_headers"]
+    return {name.lower(): str(value) for name, value in headers.items()}

@@ -22,12 +22,6 @@ UNIT = "nginx.service"
 STATIC_ROOT = "/usr/share/nginx/html"
 APP_SOCKET = "/run/webstack/app.sock"
 BROTLI_MODULES = ("ngx_http_brotli_filter_module", "ngx_http_brotli_static_module")
-SECURITY_HEADERS = {
-    "x-frame-options": "SAMEORIGIN",
-    "x-content-type-options": "nosniff",
-    "x-xss-protection": "1; mode=block",
-    "referrer-policy": "no-referrer-when-downgrade",
-}
 # The scenario exempts this loopback address from the rate limits (molecule.yml).
 EXEMPT_ADDRESS = "127.0.0.2"
 # Beyond 1000 r/s + a burst of 200: a few thousand requests in well under a second.
@@ -321,10 +315,10 @@ def test_precompressed_br_files_are_served_as_they_are(host, static_files):
     assert body == static_files["precompressed.txt.br"]
 
 
-def test_security_headers_and_no_version(host, static_files):
+def test_security_headers_and_no_version(host, static_files, security_headers):
     for path in ("/", "/verify/big.json", "/does-not-exist"):
         _, headers, _ = response(host, path)
-        for name, value in SECURITY_HEADERS.items():
+        for name, value in security_headers.items():
             assert headers.get(name) == value, (path, name)
         assert headers.get("server") == "nginx", path
 
