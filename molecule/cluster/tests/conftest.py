@@ -36,10 +36,12 @@ def address(host: Any) -> str:
 
 
 def service_requests(host: Any, service: str) -> float:
-    """Requests the service on this host has answered since it started (its own metrics)."""
+    """Requests the service on this host has answered since it started (its own metrics,
+    at its prefix: /metrics for the root service, /users/metrics for users)."""
+    path = "/metrics" if service == "app" else f"/{service}/metrics"
     with host.sudo():
         metrics = host.check_output(
-            f"curl -sf --unix-socket /run/webstack/{service}.sock http://localhost/metrics"
+            f"curl -sf --unix-socket /run/webstack/{service}.sock http://localhost{path}"
         )
     return sum(
         float(line.rsplit(" ", 1)[1])
