@@ -31,12 +31,14 @@ from collections import Counter
 STOP = threading.Event()
 
 
-def one_request(target: str, path: str, timeout: float) -> tuple[str, int]:
+def one_request(target: str, path: str, timeout: float, source: str) -> tuple[str, int]:
     """('ok' | 'http' | 'refused' | 'reset' | 'timeout' | 'other', status)."""
     tls = target.startswith("tls:")
     host, _, port = target.removeprefix("tls:").rpartition(":")
     try:
-        raw = socket.create_connection((host, int(port)), timeout=timeout)
+        raw = socket.create_connection(
+            (host, int(port)), timeout=timeout, source_address=(source, 0) if source else None
+        )
     except ConnectionRefusedError:
         return "refused", 0
     except TimeoutError:
@@ -85,12 +87,14 @@ def one_request(target: str, path: str, timeout: float) -> tuple[str, int]:
         raw.close()
 
 
-def client(targets: list[str], path: str, timeout: float, deadline: float, tally: dict) -> None:
+def client(
+    targets: list[str], path: str, timeout: float, source: str, deadline: float, tally: dict
+) -> None:
     index = 0
     while not STOP.is_set() and time.monotonic() < deadline:
         target = targets[index % len(targets)]
         index += 1
-        outcome, status = one_request(target, path, timeout)
+        outcome, status = one_request(target, path, timeout, source)
         with tally["lock"]:
             tally["counts"][outcome] += 1
             tally["by_target"][target][outcome] += 1
@@ -119,6 +123,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=600)
     parser.add_argument("--timeout", type=float, default=10)
+    parser.add_argument("--source", default="", help="local address to connect from")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
@@ -135,7 +140,8 @@ def main() -> None:
     deadline = started + args.seconds
     threads = [
         threading.Thread(
-            target=client, args=(args.target, args.path, args.timeout, deadline, tally)
+            target=client,
+            args=(args.target, args.path, args.timeout, args.source, deadline, tally),
         )
         for _ in range(args.clients)
     ]
