@@ -4,34 +4,16 @@ tier among them, which the cluster scenario does not have)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from typing import Any
 
 import pytest
 from ansible.errors import AnsibleFilterError
 
-ROLES = Path(__file__).resolve().parent.parent / "roles"
+from tests.role_plugins import SERVICES, load
 
-
-def _load(name: str, path: Path) -> Any:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-topology = _load("webstack_topology_plugin", ROLES / "webstack/filter_plugins/topology.py")
-database = _load("database_plugin", ROLES / "database/filter_plugins/database.py")
-firewall = _load("firewall_plugin", ROLES / "firewall/filter_plugins/firewall.py")
-
-SERVICES = [
-    {"name": "app", "domains": ["items", "notes"], "prefix": "", "port": 8000},
-    {"name": "users", "domains": ["users"], "prefix": "/users", "port": 8001},
-    {"name": "orders", "domains": ["orders"], "prefix": "/orders", "port": 8002},
-    {"name": "payments", "domains": ["payments"], "prefix": "/payments", "port": 8003},
-]
+topology = load("webstack", "topology")
+database = load("database", "database")
+firewall = load("firewall", "firewall")
 PORTS = {
     "ssh": 22, "nginx": [{"port": 80}, {"port": 443, "tls": True}, {"port": 8080}],
     "nginx_exporter": 9113, "mtail": 3903, "node_exporter": 9100, "postgresql": 5432,

@@ -3,33 +3,15 @@ the service map: every part on every host, at the address it listens on."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from typing import Any
 
 import pytest
 from ansible.errors import AnsibleFilterError
 
-ROLES = Path(__file__).resolve().parent.parent / "roles"
+from tests.role_plugins import SERVICES, load
 
-
-def _load(name: str, path: Path) -> Any:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-topology = _load("webstack_topology_plugin", ROLES / "webstack/filter_plugins/topology.py")
-scrape = _load("prometheus_scrape_plugin", ROLES / "prometheus/filter_plugins/scrape.py")
-
-SERVICES = [
-    {"name": "app", "domains": ["items", "notes"], "prefix": "", "port": 8000},
-    {"name": "users", "domains": ["users"], "prefix": "/users", "port": 8001},
-    {"name": "orders", "domains": ["orders"], "prefix": "/orders", "port": 8002},
-    {"name": "payments", "domains": ["payments"], "prefix": "/payments", "port": 8003},
-]
+topology = load("webstack", "topology")
+scrape = load("prometheus", "scrape")
 PORTS = {"node": 9100, "postgresql": 9187, "valkey": 9121, "nginx": 9113, "mtail": 3903,
          "otelcol": 8888, "alertmanager": 9093}  # fmt: skip
 RELAY = "127.0.0.1:8081"
