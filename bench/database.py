@@ -28,6 +28,7 @@ disabled). Exit status 1 when a run had a failed transaction.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import re
 import shlex
@@ -36,6 +37,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from dotenv import dotenv_values
 
 from bench import run
 from bench.stack import TESTBED_KEY, BenchError, Host
@@ -46,6 +49,8 @@ WORK_DIR = "/run/webstack-bench-db"  # tmpfs: the PgBouncer user list holds a pa
 PGBOUNCER_UNIT = "webstack-bench-pgbouncer"
 PGBOUNCER_PORT = 6499
 PGBENCH = f"{WORK_DIR}/pgbench"
+# What pgbench needs of the app's settings: how the app reaches PostgreSQL.
+DB_SETTINGS = ("APP_DB_HOST", "APP_DB_PORT", "APP_DB_NAME", "APP_DB_USER", "APP_DB_PASS")
 SCRIPT = f"INSERT INTO {TABLE} (payload) VALUES ('written by bench/database.py');\n"
 
 
@@ -76,18 +81,6 @@ CONFIGS = [
     Config("acb", "async, pgbouncer, per transaction", sync=False, pgbouncer=True,
            per_transaction=True),
 ]  # fmt: skip
-
-
-def env_file(text: str) -> dict[str, str]:
-    """KEY=value lines of a systemd environment file (values may be single-quoted)."""
-    values: dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        values[key.strip()] = " ".join(shlex.split(value)) if value else ""
-    return values
 
 
 class Bench:
@@ -123,13 +116,14 @@ class Bench:
         if len(members) < 2 or not any(m["Role"] == "Leader" for m in members):
             raise BenchError(f"needs a primary and a replica; patronictl list: {members}")
         self.sync_before = self.synchronous_mode()
-        for name in ("app.env", "users.env", "orders.env"):
-            text = self.app.run(f"cat {self.options.env_dir}/{name} 2>/dev/null || true")
-            if "APP_DB_USER" in text:
-                self.db_env = env_file(text)
-                break
-        else:
-            raise BenchError(f"no settings file with APP_DB_USER in {self.options.env_dir}")
+        # The app's shared settings file, read as the app reads it (python-dotenv, no
+        # expansion: app/core/settings.py).
+        text = self.app.run(f"cat {shlex.quote(self.options.env_file)}")
+        read = dotenv_values(stream=io.StringIO(text), interpolate=False)
+        self.db_env = {key: value for key, value in read.items() if value is not None}
+        missing = [key for key in DB_SETTINGS if not self.db_env.get(key)]
+        if missing:
+            raise BenchError(f"{self.options.env_file} sets no {', '.join(missing)}")
 
     # -- the app host --------------------------------------------------------------------
     def install(self) -> None:
@@ -151,7 +145,9 @@ class Bench:
             " && systemctl disable --now pgbouncer.service; }"
         )
         e = self.db_env
-        userlist = f'"{e["APP_DB_USER"]}" "{e["APP_DB_PASS"]}"\n'
+        # PgBouncer's user list: each field in double quotes, a double quote inside doubled.
+        user, password = (e[key].replace('"', '""') for key in ("APP_DB_USER", "APP_DB_PASS"))
+        userlist = f'"{user}" "{password}"\n'
         ini = f"""[databases]
 {e["APP_DB_NAME"]} = host={e["APP_DB_HOST"]} port={e["APP_DB_PORT"]} dbname={e["APP_DB_NAME"]}
 [pgbouncer]
@@ -248,7 +244,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8, help="concurrent connections")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per run")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; the median is reported")
-    parser.add_argument("--env-dir", default="/etc/webstack")
+    parser.add_argument(
+        "--env-file", default="/etc/webstack/app.env", help="the app's shared settings file"
+    )
     options = parser.parse_args()
 
     bench = Bench(
