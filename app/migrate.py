@@ -10,9 +10,13 @@ revision before it, are all present (``0001`` for items and notes, ``0002`` once
 orders and payments were served too), and then upgraded. A revision's tables present only
 in part, or present while an earlier revision's are missing, stop it with a message.
 
+Each service has a database of its own and migrates only its own domains' tables there
+(``APP_DOMAINS``, default as the app's: items and notes): the one migrations tree is
+filtered by :mod:`app.migrations.scope`, and adopting reads only those tables.
+
 Options: ``--sql`` prints the SQL of a full upgrade instead of running it; ``--check``
 exits 1 if the database is not at the newest revision. Reads only the ``APP_DB_*``
-settings.
+settings and ``APP_DOMAINS``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Iterable
+from importlib import import_module
 from pathlib import Path
 
 from alembic import command
@@ -37,6 +43,7 @@ from app.core.settings import (
     apply_env_files,
     env_files_from_environment,
     load_database_settings,
+    load_serving_settings,
 )
 
 logger = logging.getLogger("app.migrate")
@@ -49,10 +56,19 @@ REVISION_TABLES: tuple[tuple[str, frozenset[str]], ...] = (
 )
 
 
-def alembic_config(url: URL) -> Config:
+def owned_tables(domains: Iterable[str]) -> frozenset[str]:
+    """The tables of ``domains`` (each domain's ``tables``, app/<domain>/__init__.py)."""
+    return frozenset(
+        table.name for name in domains for table in import_module(f"app.{name}").domain.tables
+    )
+
+
+def alembic_config(url: URL, tables: frozenset[str] | None = None) -> Config:
+    """Alembic's config for ``url``; ``tables``: what its revisions may touch (all: None)."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["url"] = url
+    config.attributes["tables"] = tables
     return config
 
 
@@ -71,11 +87,18 @@ async def schema_state(url: URL) -> tuple[set[str], str | None]:
         await engine.dispose()
 
 
-def adopted_revision(tables: set[str]) -> str | None:
-    """The revision a schema made by ``create_all`` is at (``None``: an empty database)."""
+def adopted_revision(tables: set[str], owned: frozenset[str] | None = None) -> str | None:
+    """The revision a schema made by ``create_all`` is at (``None``: an empty database).
+
+    Only the ``owned`` tables count (all when ``None``): a revision that creates none of
+    them is passed over, neither present nor missing.
+    """
     adopted: str | None = None
     gap = False
-    for index, (revision, created) in enumerate(REVISION_TABLES):
+    for index, (revision, every) in enumerate(REVISION_TABLES):
+        created = every if owned is None else every & owned
+        if not created:
+            continue
         which = "the first migration's" if index == 0 else f"migration {revision}'s"
         present = created & tables
         if not present:
@@ -95,11 +118,11 @@ def adopted_revision(tables: set[str]) -> str | None:
     return adopted
 
 
-def upgrade(url: URL) -> None:
-    config = alembic_config(url)
+def upgrade(url: URL, owned: frozenset[str] | None = None) -> None:
+    config = alembic_config(url, owned)
     tables, revision = asyncio.run(schema_state(url))
     if revision is None and "alembic_version" not in tables:
-        adopted = adopted_revision(tables)
+        adopted = adopted_revision(tables, owned)
         if adopted is not None:
             logger.info("tables made by the app's create_all: stamping revision %s", adopted)
             command.stamp(config, adopted)
@@ -126,18 +149,19 @@ def main(argv: list[str] | None = None) -> int:
         if files:
             apply_env_files(files)
         url = load_database_settings().database_url()
+        owned = owned_tables(load_serving_settings().domains)
     except SettingsError as exc:
         print(f"app.migrate: {exc}", file=sys.stderr)
         return 2
     if args.sql:
-        command.upgrade(alembic_config(url), "head", sql=True)
+        command.upgrade(alembic_config(url, owned), "head", sql=True)
         return 0
     if args.check:
         current = is_current(url)
         print("schema is current" if current else "schema needs `python -m app.migrate`")
         return 0 if current else 1
     try:
-        upgrade(url)
+        upgrade(url, owned)
     except RuntimeError as exc:
         print(f"app.migrate: {exc}", file=sys.stderr)
         return 1

@@ -5,13 +5,16 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import URL
+from sqlalchemy import URL, inspect
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from app.core.database import Base
+from app.core.settings import DOMAIN_NAMES
+from app.migrate import owned_tables
 from tests.apps import make_settings, running_app, server_env
 from tests.servers import REPO_ROOT, CacheServer, PostgresServer, clean_env
 
@@ -110,7 +113,8 @@ async def test_migrations_build_the_models_schema(
     pg: PostgresServer, cache_server: CacheServer
 ) -> None:
     database = pg.create_database()
-    env = clean_env(**pg.env(database))  # migrations need no cache settings
+    # Migrations need no cache settings; a database of every domain gets every table.
+    env = clean_env(**pg.env(database), APP_DOMAINS=",".join(DOMAIN_NAMES))
     assert run_module("app.migrate", env, "--check").returncode == 1
     result = run_module("app.migrate", env)
     assert result.returncode == 0, result.stderr
@@ -139,6 +143,63 @@ async def test_migrate_adopts_a_schema_made_by_create_all(
     assert "stamping revision 0001" in result.stderr
     assert run_module("app.migrate", env, "--check").returncode == 0
     assert pg.psql("SELECT name FROM items", database).strip() == "kept"
+
+
+async def table_names(url: URL) -> set[str]:
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(lambda sync: set(inspect(sync).get_table_names()))
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("domains", "expected"),
+    [
+        ("items,notes", {"items", "notes", "idempotency_keys"}),
+        ("users", {"users", "idempotency_keys"}),
+        ("orders", {"orders", "order_items", "idempotency_keys"}),
+        ("payments", {"payments", "idempotency_keys"}),
+    ],
+)
+async def test_each_service_migrates_only_its_own_tables(
+    pg: PostgresServer, cache_server: CacheServer, domains: str, expected: set[str]
+) -> None:
+    """A service's own database (user_db, ...) gets its domains' tables and no other's."""
+    database = pg.create_database()
+    env = clean_env(**pg.env(database), APP_DOMAINS=domains)
+    result = run_module("app.migrate", env)
+    assert result.returncode == 0, result.stderr
+    assert "Running upgrade 0002 -> 0003" in result.stderr  # at the one head, like the others
+    url = make_settings(pg, cache_server, database).database_url()
+    assert await table_names(url) == expected | {"alembic_version"}
+    assert owned_tables(domains.split(",")) == expected
+    # The same schema as the models of those tables, nothing missing, nothing more.
+    differences = [d for d in await schema_differences(url) if not (d[0] == "remove_table")]
+    owned = [d for d in differences if _table_of(d) in expected]
+    assert owned == [], owned
+    assert run_module("app.migrate", env, "--check").returncode == 0
+    again = run_module("app.migrate", env)
+    assert again.returncode == 0
+    assert "Running upgrade" not in again.stderr
+
+
+def _table_of(difference: object) -> str | None:
+    """The table an autogenerate difference is about (an add_table, add_index, ...)."""
+    item = difference[-1] if isinstance(difference, tuple) else None
+    table = getattr(item, "table", item)
+    return getattr(table, "name", None)
+
+
+async def test_a_service_database_made_by_create_all_is_adopted(
+    pg: PostgresServer, cache_server: CacheServer
+) -> None:
+    """users alone, its tables made by the app's start-up: stamped 0002, then upgraded."""
+    database = pg.create_database()
+    pg.psql(f"SET ROLE {pg.user}; CREATE TABLE users (id serial PRIMARY KEY)", database)
+    result = run_module("app.migrate", clean_env(**pg.env(database), APP_DOMAINS="users"))
+    assert "stamping revision 0002" in result.stderr, result.stderr
 
 
 def test_migrate_refuses_a_partial_schema(pg: PostgresServer) -> None:

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from app.migrations.scope import owns
+
 revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
@@ -17,6 +19,13 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    if owns("items"):
+        _items()
+    if owns("notes"):
+        _notes()
+
+
+def _items() -> None:
     op.create_table(
         "items",
         sa.Column("id", sa.Integer(), nullable=False),  # serial: Integer primary key
@@ -37,6 +46,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_index("ix_items_name", "items", ["name"])
+
+
+def _notes() -> None:
     op.create_table(
         "notes",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -53,6 +65,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_table("notes")
-    op.drop_index("ix_items_name", table_name="items")
-    op.drop_table("items")
+    if owns("notes"):
+        op.drop_table("notes")
+    if owns("items"):
+        op.drop_index("ix_items_name", table_name="items")
+        op.drop_table("items")

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from app.migrations.scope import owns
+
 revision: str = "0002"
 down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
@@ -28,7 +30,20 @@ def _timestamp(name: str, nullable: bool = False) -> sa.Column:
 
 
 def upgrade() -> None:
-    # op.f(): the check constraints' names are final, not run through the naming convention.
+    # Each service's database gets its own domain's tables only (app/migrations/scope.py);
+    # order_items belongs to orders.
+    if owns("users"):
+        _users()
+    if owns("orders"):
+        _orders()
+    if owns("order_items"):
+        _order_items()
+    if owns("payments"):
+        _payments()
+
+
+# op.f(): the check constraints' names are final, not run through the naming convention.
+def _users() -> None:
     op.create_table(
         "users",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -41,6 +56,9 @@ def upgrade() -> None:
         sa.UniqueConstraint("email", name="uq_users_email"),
         sa.UniqueConstraint("username", name="uq_users_username"),
     )
+
+
+def _orders() -> None:
     op.create_table(
         "orders",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -58,6 +76,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_index("ix_orders_user_id", "orders", ["user_id"])
+
+
+def _order_items() -> None:
     op.create_table(
         "order_items",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -77,6 +98,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_index("ix_order_items_order_id", "order_items", ["order_id"])
+
+
+def _payments() -> None:
     op.create_table(
         "payments",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -104,7 +128,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_table("payments")
-    op.drop_table("order_items")
-    op.drop_table("orders")
-    op.drop_table("users")
+    for table in ("payments", "order_items", "orders", "users"):
+        if owns(table):
+            op.drop_table(table)

@@ -25,6 +25,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from app.migrations.scope import owns
+
 revision: str = "0003"
 down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
@@ -57,7 +59,7 @@ def _indexes(table: str) -> set[str]:
 
 
 def _add(table: str, column: sa.Column) -> None:
-    if column.name not in _columns(table):
+    if owns(table) and column.name not in _columns(table):
         op.add_column(table, column)
 
 
@@ -72,7 +74,7 @@ def _payment_method() -> sa.Column:
 
 
 def upgrade() -> None:
-    if "idempotency_keys" not in _tables():
+    if owns("idempotency_keys") and "idempotency_keys" not in _tables():
         op.create_table(
             "idempotency_keys",
             sa.Column("id", sa.BigInteger(), nullable=False),
@@ -95,13 +97,15 @@ def upgrade() -> None:
                 "principal", "route", "key", name="uq_idempotency_keys_principal_route_key"
             ),
         )
-    if "ix_idempotency_keys_created_at" not in _indexes("idempotency_keys"):
+    if owns("idempotency_keys") and "ix_idempotency_keys_created_at" not in _indexes(
+        "idempotency_keys"
+    ):
         op.create_index("ix_idempotency_keys_created_at", "idempotency_keys", ["created_at"])
 
     for table in ("orders", "payments"):
         _add(table, _currency())
         _add(table, _payment_method())
-    if "ix_orders_pending" not in _indexes("orders"):
+    if owns("orders") and "ix_orders_pending" not in _indexes("orders"):
         op.create_index(
             "ix_orders_pending",
             "orders",
@@ -112,10 +116,14 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_column("users", "is_active")
-    op.drop_index("ix_orders_pending", table_name="orders")
+    if owns("users"):
+        op.drop_column("users", "is_active")
+    if owns("orders"):
+        op.drop_index("ix_orders_pending", table_name="orders")
     for table in ("payments", "orders"):
-        op.drop_column(table, "payment_method")
-        op.drop_column(table, "currency")
-    op.drop_index("ix_idempotency_keys_created_at", table_name="idempotency_keys")
-    op.drop_table("idempotency_keys")
+        if owns(table):
+            op.drop_column(table, "payment_method")
+            op.drop_column(table, "currency")
+    if owns("idempotency_keys"):
+        op.drop_index("ix_idempotency_keys_created_at", table_name="idempotency_keys")
+        op.drop_table("idempotency_keys")
