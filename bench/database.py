@@ -116,14 +116,18 @@ class Bench:
         if len(members) < 2 or not any(m["Role"] == "Leader" for m in members):
             raise BenchError(f"needs a primary and a replica; patronictl list: {members}")
         self.sync_before = self.synchronous_mode()
-        # The app's shared settings file, read as the app reads it (python-dotenv, no
-        # expansion: app/core/settings.py).
-        text = self.app.run(f"cat {shlex.quote(self.options.env_file)}")
-        read = dotenv_values(stream=io.StringIO(text), interpolate=False)
-        self.db_env = {key: value for key, value in read.items() if value is not None}
+        # The service's settings, as the app reads them (python-dotenv, no expansion, later
+        # files winning: app/core/settings.py): the shared file (where PostgreSQL is), then
+        # the service's own (its database, role and password; root and its account only).
+        self.db_env = {}
+        files = (self.options.env_file, self.options.service_env_file)
+        for path in files:
+            text = self.app.run(f"cat {shlex.quote(path)}")
+            read = dotenv_values(stream=io.StringIO(text), interpolate=False)
+            self.db_env.update({key: value for key, value in read.items() if value is not None})
         missing = [key for key in DB_SETTINGS if not self.db_env.get(key)]
         if missing:
-            raise BenchError(f"{self.options.env_file} sets no {', '.join(missing)}")
+            raise BenchError(f"{' and '.join(files)} set no {', '.join(missing)}")
 
     # -- the app host --------------------------------------------------------------------
     def install(self) -> None:
@@ -246,6 +250,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds; the median is reported")
     parser.add_argument(
         "--env-file", default="/etc/webstack/app.env", help="the app's shared settings file"
+    )
+    parser.add_argument(
+        "--service-env-file",
+        default="/etc/webstack/service-app.env",
+        help="the settings file of the service whose database is measured",
     )
     options = parser.parse_args()
 

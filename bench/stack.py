@@ -335,7 +335,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1, help="rounds; the median is reported")
     parser.add_argument("--app-socket", default="/run/webstack/app.sock")
     parser.add_argument("--app-dir", default="/opt/webstack/current")
-    parser.add_argument("--app-user", default="webstack")
+    parser.add_argument("--app-user", default="webstack-app")
     parser.add_argument("--env-dir", default="/etc/webstack")
     parser.add_argument("--nginx-conf-dir", default="/etc/nginx")
     parser.add_argument("--nginx-binary", default="/usr/local/sbin/nginx")

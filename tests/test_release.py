@@ -63,7 +63,7 @@ def build(tmp_path: Path, repo: Path, **extra: object) -> tuple[int, str, str]:
         "ansible_host": "127.0.0.1",  # an address, as every host of a site has
         "ansible_python_interpreter": sys.executable,
         # Required by the role's argument spec; never used by the build.
-        "app_db_password": "unused",
+        "webstack_db_passwords": {"app": "unused"},
         "app_cache_password": "unused",
         "pgbackrest_repo_cipher_pass": "unused",
         **extra,

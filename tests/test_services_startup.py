@@ -82,7 +82,7 @@ async def test_migrations_build_every_domain_and_adopt_create_all(
     adopted = pg.create_database()
     async with running_app(make_settings(pg, cache_server, adopted, **extra), domains=ALL):
         pass
-    result = run_module("app.migrate", clean_env(**pg.env(adopted)))
+    result = run_module("app.migrate", clean_env(**pg.env(adopted), APP_DOMAINS=",".join(ALL)))
     assert result.returncode == 0, result.stderr
     assert "stamping revision 0002" in result.stderr
     assert "Running upgrade 0002 -> 0003" in result.stderr
@@ -95,11 +95,11 @@ async def test_migrations_build_every_domain_and_adopt_create_all(
         make_settings(pg, cache_server, partial, **extra), domains=["items", "notes", "users"]
     ):
         pass
-    refused = run_module("app.migrate", clean_env(**pg.env(partial)))
+    refused = run_module("app.migrate", clean_env(**pg.env(partial), APP_DOMAINS=",".join(ALL)))
     assert refused.returncode == 1
     assert "only some of migration 0002's tables exist (['users'])" in refused.stderr
 
-    sql = run_module("app.migrate", clean_env(**pg.env()), "--sql")
+    sql = run_module("app.migrate", clean_env(**pg.env(), APP_DOMAINS=",".join(ALL)), "--sql")
     assert "CREATE TABLE payments" in sql.stdout
     assert "CONSTRAINT ck_payments_status CHECK" in sql.stdout
     assert "CONSTRAINT uq_payments_user_id_idempotency_key UNIQUE" in sql.stdout

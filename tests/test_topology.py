@@ -133,7 +133,7 @@ def test_the_calls_between_domains_are_the_urls_the_app_requires() -> None:
 
     for domain in ALL_DOMAINS:
         urls = {f"{called}_url" for called in topology.DOMAIN_CALLS.get(domain, ())}
-        required = set(DOMAIN_REQUIREMENTS.get(domain, ())) - {"jwt_secret"}
+        required = set(DOMAIN_REQUIREMENTS.get(domain, ())) - {"jwt_secret", "cache_pass"}
         assert urls == required, domain
 
 
@@ -143,3 +143,72 @@ def test_the_login_and_registration_paths_are_routes_of_the_users_domain() -> No
     paths = create_app(domains=["users"]).openapi()["paths"]
     for path in set(topology.DOMAIN_AUTH_PATHS["users"]) - {topology.DOMAIN_PATHS["users"]}:
         assert "post" in paths.get(path, {}), path
+
+
+def test_the_secrets_of_each_domain_are_the_ones_the_app_requires() -> None:
+    """A service's settings file holds the cache password and the token secret only where
+    one of its domains needs them (app/core/settings.py, DOMAIN_REQUIREMENTS)."""
+    from app.core.settings import DOMAIN_REQUIREMENTS
+
+    fields = {"cache": "cache_pass", "jwt": "jwt_secret"}
+    for domain in ALL_DOMAINS:
+        secrets = {fields[s] for s in topology.DOMAIN_SECRETS[domain]}
+        assert secrets == set(DOMAIN_REQUIREMENTS.get(domain, ())) & set(fields.values())
+
+
+def test_each_service_has_its_own_database_role_and_account() -> None:
+    app, users, orders, payments = normalise(SEED_001)
+    assert [(s["database"], s["db_user"]) for s in (app, users, orders, payments)] == [
+        ("appdb", "appuser"),
+        ("user_db", "user_user"),
+        ("order_db", "order_user"),
+        ("payment_db", "payment_user"),
+    ]
+    assert [s["user"] for s in (app, users)] == ["webstack-app", "webstack-users"]
+    assert (app["secrets"], orders["secrets"], users["secrets"]) == (
+        ["cache"],
+        ["jwt"],
+        ["cache", "jwt"],
+    )
+    # 2 hosts x 4 workers x (5 + 5): the service's share of the budget.
+    assert orders["db_connections"] == 80
+    one = normalise([{"name": "shop", "domains": list(ALL_DOMAINS), "port": 8000}])[0]
+    assert (one["database"], one["db_user"]) == ("appdb", "appuser")
+    named = normalise([{"name": "app", "domains": ["items"], "port": 8000, "database": "cat"}])
+    assert (named[0]["database"], named[0]["db_user"]) == ("cat", "cat_user")
+
+
+@pytest.mark.parametrize(
+    ("services", "message"),
+    [
+        (
+            [
+                {"name": "a", "domains": ["items"], "prefix": "", "port": 8000},
+                {
+                    "name": "b",
+                    "domains": ["users"],
+                    "prefix": "/users",
+                    "port": 8001,
+                    "database": "appdb",
+                },
+            ],
+            r"webstack_services\[1\] \(b\): database 'appdb' is already the database of a",
+        ),
+        (
+            [{"name": "app", "domains": ["items"], "port": 8000, "database": "App-DB"}],
+            r"webstack_services\[0\] \(app\): database must be",
+        ),
+    ],
+)
+def test_services_sharing_a_database_are_refused(services: Any, message: str) -> None:
+    with pytest.raises(AnsibleFilterError, match=message):
+        normalise(services)
+
+
+def test_a_missing_database_password_is_named() -> None:
+    services = normalise(SEED_001)
+    passwords = {"app": "a", "users": "u", "orders": "o"}
+    with pytest.raises(AnsibleFilterError, match=r"webstack_db_passwords\.payments is not set"):
+        topology.webstack_db_passwords_checked(passwords, services)
+    passwords["payments"] = "p"
+    assert topology.webstack_db_password(passwords, services[3]) == "p"

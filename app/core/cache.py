@@ -155,7 +155,7 @@ class Cache:
             settings.cache_cooldown,
             settings.cache_failure_span,
         )
-        if not settings.cache_enabled:
+        if not settings.cache_enabled or settings.cache_pass is None:
             return cls(None, settings.cache_ttl, breaker)
         pool = ConnectionPool(
             host=settings.cache_host,

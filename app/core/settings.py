@@ -17,7 +17,9 @@ settings (``app/gunicorn_conf.py``), as do ``python -m app.migrate`` and the che
 FILE: ``APP_ENV_FILES``, or else the environment as it is) and prints them with secrets
 masked (exit status 0), or the error (exit status 2). ``--each FILE...`` checks once per
 FILE that exists, each on top of the first ones: a shared file against every service's
-own. The Ansible role runs it on a settings file before the file replaces the live one.
+own (which holds the service's secrets); when none of them exists yet, the first files
+are only read (each service's file is checked with them when it is written). The
+Ansible role runs it on a settings file before the file replaces the live one.
 """
 
 from __future__ import annotations
@@ -51,8 +53,12 @@ PositiveSeconds = Annotated[float, Field(gt=0)]
 DOMAIN_NAMES: tuple[str, ...] = ("items", "notes", "users", "orders", "payments")
 DEFAULT_DOMAINS: tuple[str, ...] = ("items", "notes")
 # Settings that are optional in general but required where one of these domains is served.
+# The cache's password only where a domain uses the cache (items and notes cache their
+# reads, users keeps its login lockout there): each service gets only its own secrets.
 DOMAIN_REQUIREMENTS: dict[str, tuple[str, ...]] = {
-    "users": ("jwt_secret",),
+    "items": ("cache_pass",),
+    "notes": ("cache_pass",),
+    "users": ("jwt_secret", "cache_pass"),
     "orders": ("jwt_secret", "users_url", "payments_url"),
     # Payments checks tokens' users at the users service and orders at the orders service.
     "payments": ("jwt_secret", "users_url", "orders_url"),
@@ -182,10 +188,11 @@ class ServingSettings(BaseSettings):
 class Settings(DatabaseSettings, ServingSettings):
     """Everything the app reads from its environment (names are ``APP_`` + field, upper case)."""
 
-    # Valkey: required, as in the seed.
+    # Valkey: required, as in the seed; its password only where a domain uses the cache
+    # (DOMAIN_REQUIREMENTS): without one the cache is off.
     cache_host: str
     cache_port: Port
-    cache_pass: SecretStr
+    cache_pass: SecretStr | None = None
     cache_db: Annotated[int, Field(ge=0)]
     cache_ttl: Annotated[int, Field(ge=1)] = 60
     cache_enabled: bool = True
@@ -381,6 +388,15 @@ def _check(files: list[str]) -> int:
     return 0
 
 
+def _parse(files: list[str]) -> int:
+    try:
+        read_env_files(files)
+    except SettingsError as exc:
+        print(f"app: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m app.core.settings",
@@ -398,6 +414,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     files = list(args.files) or env_files_from_environment()
     extra = [path for path in args.each if os.path.exists(path)]
+    if args.each and not extra:
+        # A shared file before any service's own exists (a new host): it holds part of the
+        # settings only, so it is only read here; each service's file is checked with it.
+        return _parse(files)
     if not extra:
         return _check(files)
     return max(_check([*files, path]) for path in extra)

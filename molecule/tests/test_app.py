@@ -37,7 +37,7 @@ def test_health_through_the_socket(host):
 
 def test_socket_refuses_unrelated_users(host):
     sock = host.file(SOCKET)
-    assert (sock.user, sock.group, sock.mode) == ("webstack", "www-data", 0o660)
+    assert (sock.user, sock.group, sock.mode) == ("webstack-app", "www-data", 0o660)
     rc, status, _ = over_socket(host, "/health", user="nobody")
     assert rc != 0 and status == 0, "an unrelated user reached the app"
 
@@ -54,17 +54,19 @@ def test_create_and_read_an_item(host):
 
 def test_settings_file_is_private(host, secret):
     with host.sudo():
-        env = host.file("/etc/webstack/app.env")
-        assert (env.user, env.group, env.mode) == ("root", "webstack", 0o640)
-    assert read_settings(host)["APP_DB_PASS"] == secret("postgresql_app_password")
+        env = host.file("/etc/webstack/service-app.env")
+        assert (env.user, env.group, env.mode) == ("root", "webstack-app", 0o640)
+    assert read_settings(host, "/etc/webstack/service-app.env")["APP_DB_PASS"] == secret(
+        "db_password_app"
+    )
     with host.sudo():
         processes = host.check_output("ps -eo args")
-    assert secret("postgresql_app_password") not in processes
+    assert secret("db_password_app") not in processes
     assert secret("valkey_password") not in processes
 
 
 def test_code_is_not_writable_by_the_app(host):
-    with host.sudo("webstack"):
+    with host.sudo("webstack-app"):
         assert host.run("test -w /opt/webstack/current/app/main.py").rc != 0
         assert host.run("test -w /opt/webstack/current/venv/bin/gunicorn").rc != 0
         assert host.run("test -w /opt/webstack/releases").rc != 0
@@ -88,7 +90,7 @@ def test_migrations_ran_once_and_workers_do_not_create_schema(host, secret):
         env = host.file("/etc/webstack/app.env").content_string
     assert "APP_DB_CREATE_SCHEMA=false" in env
     query = shlex.quote("SELECT version_num FROM alembic_version")
-    password = shlex.quote(secret("postgresql_app_password"))
+    password = shlex.quote(secret("db_password_app"))
     version = host.check_output(
         f"PGPASSWORD={password} psql -h 127.0.0.1 -U appuser -d appdb -XAtc {query}"
     )

@@ -79,7 +79,7 @@ def test_rotated_password_works_and_the_old_one_is_refused(host, secret):
 
     assert ping(new) == "PONG"
     assert ping(old) != "PONG"
-    assert read_settings(host)["APP_CACHE_PASS"] == new
+    assert read_settings(host, "/etc/webstack/service-app.env")["APP_CACHE_PASS"] == new
 
 
 def test_app_caches_with_the_rotated_password(host, secret):

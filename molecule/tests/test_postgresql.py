@@ -33,14 +33,14 @@ def test_server_is_version_18(host):
 
 
 def test_app_user_logs_in_over_tcp(host, secret):
-    result = psql_tcp(host, "appuser", secret("postgresql_app_password"), "SELECT current_user")
+    result = psql_tcp(host, "appuser", secret("db_password_app"), "SELECT current_user")
     assert result.rc == 0, result.stderr
     assert result.stdout.strip() == "appuser"
 
 
 def test_app_user_can_create_tables(host, secret):
     sql = "CREATE TABLE verify_probe (id int); DROP TABLE verify_probe; SELECT 'ok'"
-    result = psql_tcp(host, "appuser", secret("postgresql_app_password"), sql)
+    result = psql_tcp(host, "appuser", secret("db_password_app"), sql)
     assert result.rc == 0, result.stderr
 
 
@@ -159,7 +159,7 @@ def test_an_invalid_setting_fails_the_play_and_changes_nothing(host, secret):
     assert "Change postgresql_extra_settings.work_mem" in result.stdout
     assert live_state(host) == before, "the live file or the server changed"
     sql = "SELECT current_setting('work_mem')"
-    assert psql_tcp(host, "appuser", secret("postgresql_app_password"), sql).rc == 0
+    assert psql_tcp(host, "appuser", secret("db_password_app"), sql).rc == 0
 
 
 def test_a_bad_hba_line_fails_the_play_and_changes_nothing(host, secret):
@@ -169,7 +169,7 @@ def test_a_bad_hba_line_fails_the_play_and_changes_nothing(host, secret):
     assert result.returncode != 0
     assert 'invalid CIDR mask in address "10.0.0.0/33"' in result.stdout
     assert live_state(host) == before, "the live file or the server changed"
-    assert psql_tcp(host, "appuser", secret("postgresql_app_password")).rc == 0
+    assert psql_tcp(host, "appuser", secret("db_password_app")).rc == 0
 
 
 def current(host, name: str) -> str:

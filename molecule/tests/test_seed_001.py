@@ -38,17 +38,21 @@ def curl(command: str, base: str) -> tuple[int, str]:
 @pytest.fixture(params=["http", "https"])
 def base(request, host, address) -> str:
     # A fresh start for the seed's accounts: its examples register fixed names.
+    # Each service has its own database: the accounts' ids first, then their orders and
+    # payments in the databases of those services.
     names = ", ".join(f"'{name}'" for name in SEED_USERS)
     with host.sudo("postgres"):
+        query = f"SELECT string_agg(id::text, ',') FROM users WHERE username IN ({names})"
+        ids = host.check_output("psql -XAtq -d user_db -c " + shlex.quote(query)).strip()
+        for database, table in (("payment_db", "payments"), ("order_db", "orders")):
+            if ids:
+                host.check_output(
+                    f"psql -XAtq -d {database} -c "
+                    + shlex.quote(f"DELETE FROM {table} WHERE user_id IN ({ids})")
+                )
         host.check_output(
-            "psql -XAtq -d appdb -c "
-            + shlex.quote(
-                "DELETE FROM payments WHERE user_id IN "
-                f"(SELECT id FROM users WHERE username IN ({names}));"
-                "DELETE FROM orders WHERE user_id IN "
-                f"(SELECT id FROM users WHERE username IN ({names}));"
-                f"DELETE FROM users WHERE username IN ({names});"
-            )
+            "psql -XAtq -d user_db -c "
+            + shlex.quote(f"DELETE FROM users WHERE username IN ({names})")
         )
     return f"{request.param}://{address}"
 

@@ -25,7 +25,7 @@ def register_and_login(api) -> dict[str, str]:
 def test_each_service_is_its_own_unit(host, service):
     assert_units_active(host, f"webstack-{service}.socket", f"webstack-{service}.service")
     sock = host.file(f"/run/webstack/{service}.sock")
-    assert (sock.user, sock.group, sock.mode) == ("webstack", "www-data", 0o660)
+    assert (sock.user, sock.group, sock.mode) == (f"webstack-{service}", "www-data", 0o660)
 
 
 @pytest.mark.parametrize("service", SERVICES)

@@ -144,7 +144,7 @@ def test_the_app_user_logs_in_from_an_app_host(hosts, secret):
         "    print(await conn.fetchval('select 1'))\n"
         "asyncio.run(main())\n"
     )
-    password = secret("postgresql_app_password")
+    password = secret("db_password_app")
     out = hosts["app3"].check_output(
         f"/opt/webstack/current/venv/bin/python -c {shlex.quote(script)} {db}"
         f" {shlex.quote(password)}"

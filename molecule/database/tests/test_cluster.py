@@ -41,7 +41,7 @@ def test_haproxy_sends_the_app_to_the_primary(hosts, groups):
     sql = "SELECT inet_server_addr(), pg_is_in_recovery()"
     with app.sudo():
         password = app.check_output(
-            "grep ^APP_DB_PASS= /etc/webstack/app.env | cut -d= -f2- | tr -d '\"'"
+            "grep ^APP_DB_PASS= /etc/webstack/service-app.env | cut -d= -f2- | tr -d '\"'"
         )
     script = (
         "import asyncio, asyncpg, os\n"

@@ -45,10 +45,30 @@ DOMAIN_AUTH_PATHS: dict[str, tuple[str, ...]] = {
     "users": ("/users/login", "/users/register", "/users"),
 }
 
+# Each service has a PostgreSQL database of its own (the seeds' names): the database of a
+# service is its `database` field, else its first domain's here. No two services share one.
+DOMAIN_DATABASES: dict[str, str] = {
+    "items": "appdb",
+    "notes": "appdb",
+    "users": "user_db",
+    "orders": "order_db",
+    "payments": "payment_db",
+}
+# The secrets a domain's code reads (app/core/settings.py, DOMAIN_REQUIREMENTS and the
+# cache's users): a service's settings file holds only those of its domains.
+DOMAIN_SECRETS: dict[str, tuple[str, ...]] = {
+    "items": ("cache",),
+    "notes": ("cache",),
+    "users": ("cache", "jwt"),
+    "orders": ("jwt",),
+    "payments": ("jwt",),
+}
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+DATABASE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 FIELDS = {
     "name",
     "domains",
+    "database",
     "prefix",
     "port",
     "workers",
@@ -79,6 +99,13 @@ def webstack_topology(
 ) -> list[dict[str, Any]]:
     """``webstack_services`` checked, each entry complete: hosts, paths, sizes.
 
+    ``database`` (its PostgreSQL database, DOMAIN_DATABASES of its first domain unless
+    given) and ``db_user`` (its login role: the database's name without its ``db``
+    suffix, plus ``user``: appdb -> appuser, user_db -> user_user), ``db_connections``
+    (what its workers on every host may hold at once), ``secrets`` (``cache``, ``jwt``:
+    which shared secrets its domains read) and ``user`` (its system account,
+    ``webstack-<name>``) are added too.
+
     Added to each entry: ``hosts`` (inventory hosts that run it), ``socket`` (its Unix
     socket), ``upstream`` (nginx's name for it), ``paths`` (URL paths routed to it, with
     everything below them), ``prefix_paths`` (URL prefixes routed to it: the root service's
@@ -93,6 +120,7 @@ def webstack_topology(
     seen_domains: dict[str, str] = {}
     seen_prefixes: dict[str, str] = {}
     seen_ports: dict[int, str] = {}
+    seen_databases: dict[str, str] = {}
     result = []
     for index, entry in enumerate(services):
         if not isinstance(entry, Mapping):
@@ -100,6 +128,13 @@ def webstack_topology(
         name = entry.get("name")
         if not isinstance(name, str) or not NAME.match(name):
             raise _fail(index, name, "name must be 1-31 characters of a-z, 0-9 and '-'")
+        if len(f"webstack-{name}") > 32:
+            raise _fail(
+                index,
+                name,
+                "name must be at most 23 characters (its system user is "
+                "webstack-<name>, at most 32)",
+            )
         if name in seen_names:
             raise _fail(index, name, f"declared twice (also {VARIABLE}[{seen_names[name]}])")
         seen_names[name] = index
@@ -155,32 +190,54 @@ def webstack_topology(
                 f"runs on the inventory group {group!r}, which has no hosts, while the proxy "
                 "group routes to it: add hosts to the group or remove the service",
             )
+        database = entry.get("database", DOMAIN_DATABASES[domains[0]])
+        if not isinstance(database, str) or not DATABASE.match(database):
+            raise _fail(
+                index,
+                name,
+                f"database must be 1-48 characters of a-z, 0-9 and '_', starting with a "
+                f"letter, not {database!r}",
+            )
+        if database in seen_databases:
+            raise _fail(
+                index,
+                name,
+                f"database {database!r} is already the database of {seen_databases[database]}: "
+                "each service has its own (set `database` to another name)",
+            )
+        seen_databases[database] = name
+        stem = database[:-2] if database.endswith("db") and len(database) > 2 else database + "_"
+        db_user = stem + "user"
+
         env = entry.get("env", {})
         if not isinstance(env, Mapping):
             raise _fail(index, name, "env must be a mapping of variable names to values")
 
+        workers = _positive_int(entry.get("workers", defaults["workers"]), index, name, "workers")
+        pool = _positive_int(
+            entry.get("db_pool_size", defaults["db_pool_size"]), index, name, "db_pool_size"
+        )
+        overflow = _positive_int(
+            entry.get("db_max_overflow", defaults["db_max_overflow"]),
+            index,
+            name,
+            "db_max_overflow",
+            minimum=0,
+        )
         result.append(
             {
                 "name": name,
                 "domains": list(domains),
+                "database": database,
+                "db_user": db_user,
+                "db_connections": len(hosts) * workers * (pool + overflow),
+                "secrets": sorted({k for d in domains for k in DOMAIN_SECRETS[d]}),
+                "user": f"webstack-{name}",
                 "prefix": prefix,
                 "port": port,
-                "workers": _positive_int(
-                    entry.get("workers", defaults["workers"]), index, name, "workers"
-                ),
-                "db_pool_size": _positive_int(
-                    entry.get("db_pool_size", defaults["db_pool_size"]),
-                    index,
-                    name,
-                    "db_pool_size",
-                ),
-                "db_max_overflow": _positive_int(
-                    entry.get("db_max_overflow", defaults["db_max_overflow"]),
-                    index,
-                    name,
-                    "db_max_overflow",
-                    minimum=0,
-                ),
+                "workers": workers,
+                "db_pool_size": pool,
+                "db_max_overflow": overflow,
                 "group": group,
                 "hosts": hosts,
                 "env": dict(env),
@@ -235,15 +292,42 @@ def webstack_addresses(hostvars: Mapping[str, Any], hosts: Iterable[str]) -> dic
 
 def webstack_db_connections(services: Iterable[Mapping[str, Any]]) -> int:
     """Connections every app worker of every service on every host may hold at once."""
-    return sum(
-        len(s["hosts"]) * s["workers"] * (s["db_pool_size"] + s["db_max_overflow"])
-        for s in services
-    )
+    return sum(s["db_connections"] for s in services)
+
+
+PASSWORDS = "webstack_db_passwords"
+
+
+def webstack_db_password(passwords: Any, service: Mapping[str, Any]) -> str:
+    """The password of ``service``'s database role: ``webstack_db_passwords[<name>]``.
+
+    A missing or empty one stops the play naming the variable (never showing a value).
+    """
+    name = service["name"]
+    if not isinstance(passwords, Mapping):
+        raise AnsibleFilterError(
+            f"{PASSWORDS} must be a mapping of each service's name to the password of its "
+            f"database role (from the vault), e.g. {PASSWORDS}: {{{name}: ...}}"
+        )
+    value = passwords.get(name)
+    if value is None or not isinstance(value, str) or value == "":
+        raise AnsibleFilterError(
+            f"{PASSWORDS}.{name} is not set: the password of {service['db_user']}, the "
+            f"database role of the {name} service (from the vault)"
+        )
+    return value
 
 
 def webstack_hostport(address: str, port: int) -> str:
     """``address:port`` as sockets, URLs and nginx write it (IPv6 in brackets)."""
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def webstack_db_passwords_checked(passwords: Any, services: Iterable[Mapping[str, Any]]) -> bool:
+    """True when every service has its password (else the error names the variable)."""
+    for service in services:
+        webstack_db_password(passwords, service)
+    return True
 
 
 class FilterModule:
@@ -252,5 +336,7 @@ class FilterModule:
             "webstack_topology": webstack_topology,
             "webstack_addresses": webstack_addresses,
             "webstack_db_connections": webstack_db_connections,
+            "webstack_db_password": webstack_db_password,
+            "webstack_db_passwords_checked": webstack_db_passwords_checked,
             "webstack_hostport": webstack_hostport,
         }
