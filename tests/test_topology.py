@@ -212,3 +212,11 @@ def test_a_missing_database_password_is_named() -> None:
         topology.webstack_db_passwords_checked(passwords, services)
     passwords["payments"] = "p"
     assert topology.webstack_db_password(passwords, services[3]) == "p"
+
+
+def test_the_tables_of_each_domain_are_the_apps() -> None:
+    from app.migrate import owned_tables
+
+    for domain in ALL_DOMAINS:
+        tables = set(topology.DOMAIN_TABLES[domain]) | {"idempotency_keys"}
+        assert tables == owned_tables([domain]), domain

@@ -54,6 +54,16 @@ DOMAIN_DATABASES: dict[str, str] = {
     "orders": "order_db",
     "payments": "payment_db",
 }
+# The tables of each domain's data (app/<domain>/__init__.py, less idempotency_keys, which
+# every service has its own of): what playbooks/split-databases.yml moves out of a
+# database the services used to share.
+DOMAIN_TABLES: dict[str, tuple[str, ...]] = {
+    "items": ("items",),
+    "notes": ("notes",),
+    "users": ("users",),
+    "orders": ("orders", "order_items"),
+    "payments": ("payments",),
+}
 # The secrets a domain's code reads (app/core/settings.py, DOMAIN_REQUIREMENTS and the
 # cache's users): a service's settings file holds only those of its domains.
 DOMAIN_SECRETS: dict[str, tuple[str, ...]] = {
@@ -102,7 +112,8 @@ def webstack_topology(
     ``database`` (its PostgreSQL database, DOMAIN_DATABASES of its first domain unless
     given) and ``db_user`` (its login role: the database's name without its ``db``
     suffix, plus ``user``: appdb -> appuser, user_db -> user_user), ``db_connections``
-    (what its workers on every host may hold at once), ``secrets`` (``cache``, ``jwt``:
+    (what its workers on every host may hold at once), ``tables`` (its domains' data),
+    ``secrets`` (``cache``, ``jwt``:
     which shared secrets its domains read) and ``user`` (its system account,
     ``webstack-<name>``) are added too.
 
@@ -232,6 +243,7 @@ def webstack_topology(
                 "db_user": db_user,
                 "db_connections": len(hosts) * workers * (pool + overflow),
                 "secrets": sorted({k for d in domains for k in DOMAIN_SECRETS[d]}),
+                "tables": [t for d in domains for t in DOMAIN_TABLES[d]],
                 "user": f"webstack-{name}",
                 "prefix": prefix,
                 "port": port,

@@ -1,0 +1,136 @@
+"""playbooks/split-databases.yml's copy (roles/postgresql/files/pg_split.py) against a real
+PostgreSQL: a site whose services shared `appdb` moves each service's tables into its own
+database, owned by its own role, counted on both sides, the shared database untouched;
+then the service's migrations adopt the copy."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from app.core.settings import DOMAIN_NAMES
+from tests.servers import REPO_ROOT, PostgresServer, clean_env
+from tests.test_startup import run_module
+
+SPLIT = REPO_ROOT / "roles/postgresql/files/pg_split.py"
+
+
+def split(pg: PostgresServer, source: str, target: str, role: str, *tables: str):
+    args = ["--from", source, "--to", target, "--role", role, "--bindir", str(pg.bindir)]
+    args += ["--host", str(pg.dir), "--port", str(pg.port)]
+    for table in tables:
+        args += ["--table", table]
+    # The superuser over the server's socket (trusted there), as the playbook runs it.
+    env = {**os.environ, "PGUSER": "postgres"}
+    return subprocess.run(
+        [sys.executable, str(SPLIT), *args], capture_output=True, text=True, env=env, check=False
+    )
+
+
+def service_database(pg: PostgresServer, name: str) -> tuple[str, str, str]:
+    """What roles/postgresql makes for a service: a role, its database, CONNECT its own."""
+    role, database, password = f"{name}_user", f"{name}_db", f"pw-{name}-secret"
+    pg.psql(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+    pg.psql(f"CREATE DATABASE {database} OWNER {role}")
+    pg.psql(f"REVOKE CONNECT, TEMPORARY ON DATABASE {database} FROM PUBLIC")
+    pg.psql(f"ALTER SCHEMA public OWNER TO {role}", database)
+    return role, database, password
+
+
+@pytest.fixture
+def shared(pg: PostgresServer) -> str:
+    """A database every service shared, at the newest revision, with rows of each."""
+    database = pg.create_database()
+    env = clean_env(**pg.env(database), APP_DOMAINS=",".join(DOMAIN_NAMES))
+    assert run_module("app.migrate", env).returncode == 0
+    pg.psql(
+        "INSERT INTO users (email, username, password_hash) SELECT 'u' || i || '@x.org', "
+        "'u' || i, 'h' FROM generate_series(1, 25) i;"
+        "INSERT INTO orders (user_id, status, total) SELECT i, 'confirmed', 10 "
+        "FROM generate_series(1, 7) i;"
+        "INSERT INTO order_items (order_id, name, quantity, price, line_total) "
+        "SELECT o.id, 'n', 1, 10, 10 FROM orders o, generate_series(1, 2);"
+        "INSERT INTO payments (user_id, order_id, amount, status) VALUES (1, 1, 10, 'completed');"
+        "INSERT INTO items (name) VALUES ('kept');"
+        "INSERT INTO idempotency_keys (principal, route, key, fingerprint) "
+        "VALUES ('u1', 'POST /orders', 'k', 'f')",
+        database,
+    )
+    return database
+
+
+def test_a_service_table_moves_to_its_own_database_once(pg: PostgresServer, shared: str) -> None:
+    role, target, password = service_database(pg, "t1users")
+    before = pg.psql("SELECT count(*), max(id) FROM users", shared).strip()
+
+    first = split(pg, shared, target, role, "users")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout) == {"action": "copied", "tables": {"users": [25, 25]}}
+    owner = pg.psql("SELECT tableowner FROM pg_tables WHERE tablename = 'users'", target)
+    assert owner.strip() == role
+    # Only its own table: nothing of the other services, no answers of theirs.
+    every = "SELECT string_agg(tablename, ',') FROM pg_tables WHERE schemaname = 'public'"
+    tables = pg.psql(every, target).strip()
+    assert tables == "users"
+    # The shared database is only read.
+    assert pg.psql("SELECT count(*), max(id) FROM users", shared).strip() == before
+
+    # Run again (the playbook is idempotent): nothing copied twice.
+    again = split(pg, shared, target, role, "users")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["action"] == "present"
+    assert pg.psql("SELECT count(*) FROM users", target).strip() == "25"
+
+    # The service's own migrations adopt the copy (0002) and add what 0003 adds for it.
+    env = clean_env(
+        APP_DB_USER=role,
+        APP_DB_PASS=password,
+        APP_DB_HOST=pg.host,
+        APP_DB_PORT=str(pg.port),
+        APP_DB_NAME=target,
+        APP_DOMAINS="users",
+    )
+    migrated = run_module("app.migrate", env)
+    assert migrated.returncode == 0, migrated.stderr
+    assert "stamping revision 0002" in migrated.stderr
+    assert run_module("app.migrate", env, "--check").returncode == 0
+    # Its serial goes on after the copied rows (the sequence came along), as its role.
+    new_id = pg.psql(
+        f"SET ROLE {role}; INSERT INTO users (email, username, password_hash) "
+        "VALUES ('new@x.org', 'new', 'h') RETURNING id",
+        target,
+    ).strip()
+    assert int(new_id) == 26
+
+
+def test_orders_move_with_their_lines(pg: PostgresServer, shared: str) -> None:
+    role, target, _ = service_database(pg, "t2orders")
+    result = split(pg, shared, target, role, "orders", "order_items")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["tables"] == {"order_items": [14, 14], "orders": [7, 7]}
+    # The foreign key between the two came along.
+    fks = pg.psql("SELECT conname FROM pg_constraint WHERE contype = 'f'", target).strip()
+    assert fks == "fk_order_items_order_id_orders"
+
+
+def test_a_half_copied_target_is_refused(pg: PostgresServer, shared: str) -> None:
+    role, target, _ = service_database(pg, "t3orders")
+    pg.psql(f"SET ROLE {role}; CREATE TABLE orders (id serial PRIMARY KEY)", target)
+    result = split(pg, shared, target, role, "orders", "order_items")
+    assert result.returncode == 1
+    assert "holds some of ['order_items', 'orders'] only (['orders'])" in result.stderr
+
+
+def test_a_domain_the_shared_database_never_held_is_left_to_the_migrations(
+    pg: PostgresServer,
+) -> None:
+    old = pg.create_database()  # the seed-000 app alone: items and notes only
+    assert run_module("app.migrate", clean_env(**pg.env(old))).returncode == 0
+    role, target, _ = service_database(pg, "t4pay")
+    result = split(pg, old, target, role, "payments")
+    assert result.returncode == 3
+    assert json.loads(result.stdout) == {"action": "absent", "tables": {}}
