@@ -134,22 +134,39 @@ def test_postgresql_asks_app_hosts_for_a_password(hosts):
     assert _pg_answer(hosts["app1"], db).startswith("R")
 
 
+PG_LOGIN = (
+    "import asyncio, asyncpg, sys\n"
+    "async def main():\n"
+    "    conn = await asyncpg.connect(host=sys.argv[1], user=sys.argv[2], database=sys.argv[3],"
+    " password=sys.argv[4])\n"
+    "    print(await conn.fetchval('select 1'))\n"
+    "asyncio.run(main())\n"
+)
+
+
+def _pg_login(host, db: str, user: str, database: str, password: str):
+    return host.run(
+        f"/opt/webstack/current/venv/bin/python -c {shlex.quote(PG_LOGIN)} {db} {user}"
+        f" {database} {shlex.quote(password)}"
+    )
+
+
 def test_the_app_user_logs_in_from_an_app_host(hosts, secret):
     db = address(hosts["db1"])
-    script = (
-        "import asyncio, asyncpg, sys\n"
-        "async def main():\n"
-        "    conn = await asyncpg.connect(host=sys.argv[1], user='appuser', database='appdb',"
-        " password=sys.argv[2])\n"
-        "    print(await conn.fetchval('select 1'))\n"
-        "asyncio.run(main())\n"
-    )
-    password = secret("db_password_app")
-    out = hosts["app3"].check_output(
-        f"/opt/webstack/current/venv/bin/python -c {shlex.quote(script)} {db}"
-        f" {shlex.quote(password)}"
-    )
-    assert out.strip() == "1"
+    result = _pg_login(hosts["app3"], db, "appuser", "appdb", secret("db_password_app"))
+    assert result.rc == 0, result.stderr
+    assert result.stdout.strip() == "1"
+
+
+def test_a_service_role_reaches_its_own_database_only(hosts, secret):
+    """user_user with its own password: user_db from an app host, never appdb or order_db."""
+    db = address(hosts["db1"])
+    password = secret("db_password_users")
+    assert _pg_login(hosts["app1"], db, "user_user", "user_db", password).rc == 0
+    for database in ("appdb", "order_db"):
+        result = _pg_login(hosts["app1"], db, "user_user", database, password)
+        assert result.rc != 0
+        assert "no pg_hba.conf entry" in result.stderr, result.stderr
 
 
 VALKEY_PING = r"""
