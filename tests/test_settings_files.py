@@ -110,6 +110,13 @@ def test_the_check_accepts_good_files_and_names_what_is_wrong(
     # A service file not written yet (a first deploy) is no reason to refuse.
     assert main([str(shared), "--each", str(items), str(tmp_path / "service-new.env")]) == 0
     capsys.readouterr()
+    # A shared file without the secrets (each service's file has its own) and no service
+    # file yet: only read; each service's file is checked with it when it is written.
+    partial = tmp_path / "partial.env"
+    partial.write_text(settings_file({"APP_DB_HOST": "db", "APP_DB_PORT": "5432"}))
+    assert main([str(partial), "--each", str(tmp_path / "service-new.env")]) == 0
+    assert main([str(partial)]) == 2
+    capsys.readouterr()
 
     shared.write_text(settings_file({**SHARED, "APP_DB_PORT": "not a port"}))
     assert main([str(shared), str(items)]) == 2
