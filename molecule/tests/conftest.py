@@ -5,27 +5,18 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import yaml
 from dotenv import dotenv_values
 
-ROLES = Path(__file__).resolve().parents[2] / "roles"
-
-
-def role_defaults(role: str) -> dict[str, Any]:
-    """A role's defaults as the role declares them: tests compare against these rather
-    than restating them (the scenarios leave them as they are unless a test says so)."""
-    return yaml.safe_load((ROLES / role / "defaults" / "main.yml").read_text())
+from tests.hosts import security_headers as declared_security_headers
 
 
 @pytest.fixture(scope="session")
 def security_headers() -> dict[str, str]:
     """The headers nginx adds to every answer (lower-case names), from roles/nginx."""
-    headers = role_defaults("nginx")["nginx_security_headers"]
-    return {name.lower(): str(value) for name, value in headers.items()}
+    return declared_security_headers()
 
 
 def read_settings(host, path: str = "/etc/webstack/app.env") -> dict[str, str]:
