@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
 import os
+import re
+import shlex
+import time
 from pathlib import Path
 
 import httpx
@@ -67,3 +71,70 @@ def secret():
         return (_secrets_dir() / name).read_text().split()[0]
 
     return read
+
+
+# The collector's file sink (roles/otelcol): each batch of spans one line of OTLP JSON in
+# <otelcol_file_dir>/traces.jsonl, rotated to traces-<time>-size.jsonl beside it.
+OTELCOL = role_defaults("otelcol")
+TRACES = f"{OTELCOL['otelcol_file_dir']}/traces*.jsonl"
+
+
+def batch_timeout() -> float:
+    """Seconds the collector's batch processor holds spans at most before it sends them."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)", OTELCOL["otelcol_batch_timeout"])
+    assert match, OTELCOL["otelcol_batch_timeout"]
+    return float(match[1]) * {"ms": 0.001, "s": 1, "m": 60}[match[2]]
+
+
+def _attributes(items: list[dict]) -> dict[str, Any]:
+    """OTLP JSON's [{key, value: {stringValue: ...}}] as {key: value}."""
+    return {item["key"]: next(iter(item.get("value", {}).values()), None) for item in items}
+
+
+def parse_otlp_spans(text: str) -> list[dict[str, Any]]:
+    """The spans of OTLP JSON lines (resourceSpans -> scopeSpans -> spans), each with its
+    attributes as a dict and its resource's service.name as "service". A last line the
+    collector is still writing is left for the next read."""
+    spans: list[dict[str, Any]] = []
+    lines = text.splitlines()
+    for number, line in enumerate(lines, start=1):
+        try:
+            batch = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise
+        for resource_spans in batch.get("resourceSpans", []):
+            resource = _attributes(resource_spans.get("resource", {}).get("attributes", []))
+            for scope_spans in resource_spans.get("scopeSpans", []):
+                for span in scope_spans.get("spans", []):
+                    spans.append(
+                        {
+                            **span,
+                            "attributes": _attributes(span.get("attributes", [])),
+                            "service": resource.get("service.name"),
+                        }
+                    )
+    return spans
+
+
+def sink_spans(host, needle: str) -> list[dict[str, Any]]:
+    """Spans of every batch in the collector's file sink that mentions ``needle`` (a span
+    name, a path, a trace id); grep on the host keeps the transfer small."""
+    with host.sudo():
+        result = host.run(f"grep -h -F -e {shlex.quote(needle)} {TRACES}")
+    assert result.rc in (0, 1), f"cannot read the collector's file sink: {result.stderr}"
+    return parse_otlp_spans(result.stdout)
+
+
+def wait_for_spans(host, needle: str, found, what: str) -> list[dict[str, Any]]:
+    """The sink's spans for ``needle`` once ``found(spans)`` holds. The collector writes a
+    batch when its timeout passes, so the wait is bounded by twice that, plus a margin."""
+    deadline = time.monotonic() + 2 * batch_timeout() + 5
+    while True:
+        spans = sink_spans(host, needle)
+        if found(spans) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert found(spans), f"{what}: not in the collector's file sink ({TRACES}) in time"
+    return spans
