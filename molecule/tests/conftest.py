@@ -128,9 +128,11 @@ def sink_spans(host, needle: str) -> list[dict[str, Any]]:
 
 
 def wait_for_spans(host, needle: str, found, what: str) -> list[dict[str, Any]]:
-    """The sink's spans for ``needle`` once ``found(spans)`` holds. The collector writes a
-    batch when its timeout passes, so the wait is bounded by twice that, plus a margin."""
-    deadline = time.monotonic() + 2 * batch_timeout() + 5
+    """The sink's spans for ``needle`` once ``found(spans)`` holds. A span waits in the
+    app's batch span processor (OTEL_BSP_SCHEDULE_DELAY, 5 s by default), then in the
+    collector's batch processor (its timeout) before it is written: the wait is bounded
+    by twice that timeout and a margin."""
+    deadline = time.monotonic() + 2 * batch_timeout() + 10
     while True:
         spans = sink_spans(host, needle)
         if found(spans) or time.monotonic() > deadline:
