@@ -9,11 +9,13 @@ import re
 import shlex
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from dotenv import dotenv_values
 
+from tests.hosts import role_defaults
 from tests.hosts import security_headers as declared_security_headers
 
 
