@@ -78,7 +78,8 @@ def secret():
 # The collector's file sink (roles/otelcol): each batch of spans one line of OTLP JSON in
 # <otelcol_file_dir>/traces.jsonl, rotated to traces-<time>-size.jsonl beside it.
 OTELCOL = role_defaults("otelcol")
-TRACES = f"{OTELCOL['otelcol_file_dir']}/traces*.jsonl"
+SINK = OTELCOL["otelcol_file_dir"]
+TRACES = f"{SINK}/traces*.jsonl"
 
 
 def batch_timeout() -> float:
@@ -123,8 +124,13 @@ def parse_otlp_spans(text: str) -> list[dict[str, Any]]:
 def sink_spans(host, needle: str) -> list[dict[str, Any]]:
     """Spans of every batch in the collector's file sink that mentions ``needle`` (a span
     name, a path, a trace id); grep on the host keeps the transfer small."""
+    # The directory comes with the unit; the file with the collector's first batch.
+    script = (
+        f'cd {shlex.quote(SINK)} || exit 2; set -- traces*.jsonl; [ -e "$1" ] || exit 1; '
+        f'grep -h -F -e {shlex.quote(needle)} -- "$@"'
+    )
     with host.sudo():
-        result = host.run(f"grep -h -F -e {shlex.quote(needle)} {TRACES}")
+        result = host.run(script)
     assert result.rc in (0, 1), f"cannot read the collector's file sink: {result.stderr}"
     return parse_otlp_spans(result.stdout)
 
