@@ -31,7 +31,8 @@ another peer (see ``app/worker.py``). The *first* ``X-Forwarded-For`` entry is t
 nginx must overwrite the header (``$remote_addr``) rather than append to what the client
 sent (``$proxy_add_x_forwarded_for``).
 
-Logs: the access log goes to stdout and everything else to stderr, for journald.
+Logs: the access log (``APP_ACCESS_LOG``, on by default) goes to stdout and everything
+else to stderr, for journald.
 
 Metrics: the workers share their Prometheus counters through files in
 ``PROMETHEUS_MULTIPROC_DIR`` (see ``app/core/metrics.py``). The master empties that
@@ -118,7 +119,13 @@ if _control_socket:
 else:
     control_socket_disable = True
 
-accesslog = "-"
+# Gunicorn's line per request (to stdout), unless APP_ACCESS_LOG is false: behind nginx,
+# whose access log has every request once with the client's address, the second line
+# only doubles journald's work (docs/benchmarks.md).
+_access_log = _env("APP_ACCESS_LOG", "true").lower()
+if _access_log not in ("true", "false"):
+    raise SystemExit(f"APP_ACCESS_LOG must be true or false, not {_access_log!r}")
+accesslog = "-" if _access_log == "true" else None
 errorlog = "-"
 loglevel = _env("APP_LOG_LEVEL", "info", "UVICORN_LOG_LEVEL").lower()
 proc_name = "webstack-app"

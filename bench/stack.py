@@ -8,7 +8,7 @@ Three ways to reach the same deployed app, measured in one run on the sandbox ho
 * ``(a)`` this stack: nginx on :8080, the app under Gunicorn with Uvicorn workers on its Unix
   socket (``webstack-app.service``), exactly as ``site.yml`` deployed them;
 * ``(b)`` the seed's topology: the same code, venv and settings under ``uvicorn --workers 2``
-  on TCP 127.0.0.1:8000, behind the same nginx (a temporary server on 127.0.0.1:8081 with the
+  on TCP 127.0.0.1:8000, behind the same nginx (a temporary server on 127.0.0.1:8091 with the
   same limits, headers and upstream keep-alive of 32);
 * ``(c)`` the app's socket directly, no nginx: what the proxy costs.
 
@@ -54,12 +54,30 @@ REMOTE_DIR = "/var/lib/webstack-bench"
 # The uvicorn unit's settings hold the app's secrets: on tmpfs, gone at the latest on reboot.
 SECRETS_DIR = "/run/webstack-bench"
 BENCH_UNIT = "webstack-bench-uvicorn"
-BENCH_PORT = 8081
+# Free on a sandbox host (8081 is nginx's status listener, nginx_status_listen).
+BENCH_PORT = 8091
 SEED_PORT = 8000
 ITEM_COUNT = 100
 
-# One run of tools/loadgen: its -json report (rps, p50_ms, p99_ms, statuses, errors, ...).
+# One run of tools/loadgen: its -json report (rps, p50_ms, p99_ms, statuses, errors, ...),
+# plus "cpu_ns": the CPU time each group of units spent in the measured window.
 LoadResult = dict[str, Any]
+
+# Where the CPU goes, by systemd unit (systemd's accounting of each unit's cgroup, read at
+# the start and the end of the measured window): the group a unit is counted in. The app is
+# the deployed unit in (a) and (c) and the transient uvicorn unit in (b); the other app
+# services idle in this bench and count as "other", with the exporters, Prometheus and the
+# rest of the host's services. The load generator runs in a scope of its own, whose CPU
+# time is read from /proc and from the generator's rusage.
+CPU_GROUPS: tuple[tuple[str, str], ...] = (
+    ("nginx", r"nginx\.service"),
+    ("app", r"webstack-app\.service|webstack-bench-uvicorn\.service"),
+    ("postgresql", r"postgresql.*\.service|patroni\.service"),
+    ("valkey", r"valkey-server.*\.service"),
+    ("collector", r"otelcol-contrib\.service"),
+    ("journald", r"systemd-journald\.service"),
+)
+CPU_COLUMNS = (*(name for name, _ in CPU_GROUPS), "loadgen", "other")
 POST_BODY = '{"name": "bench", "description": "created by bench/stack.py"}'
 
 
@@ -284,8 +302,82 @@ rm -rf {SECRETS_DIR}
         ]
         if bind:
             command += ["-bind", bind]
-        result: LoadResult = json.loads(self.host.run(shlex.join(command)))
-        return result
+        return accounted(self.host.run(accounting_script(shlex.join(command), warmup)))
+
+
+def accounting_script(loadgen: str, warmup: float) -> str:
+    """Run the load generator on the host; print its report and the CPU time of every
+    running service (CPUUsageNSec) and of the generator at the start and the end of the
+    measured window. The end includes the generator closing its connections."""
+    return f"""
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+snapshot() {{
+  units=$(systemctl list-units --type=service --state=running --no-legend --plain \\
+          | awk '{{print $1}}')
+  systemctl show --property=Id,CPUUsageNSec $units | sed "s/^/$1 /"
+}}
+# A scope of its own: otherwise the generator counts in ssh.service, with "other".
+systemd-run --scope --quiet --collect --unit="webstack-bench-loadgen-$$" {loadgen} >"$out" &
+generator=$!
+sleep {warmup}
+snapshot before
+echo "before generator $(awk '{{print $14 + $15}}' /proc/$generator/stat) $(getconf CLK_TCK)"
+wait "$generator"
+snapshot after
+echo "report $(tr -d '\\n' <"$out")"
+"""
+
+
+def accounted(output: str) -> LoadResult:
+    """The generator's report with ``cpu_ns``: CPU nanoseconds by group (CPU_COLUMNS)."""
+    report: LoadResult | None = None
+    usage: dict[str, dict[str, int]] = {"before": {}, "after": {}}
+    generator_before = 0.0
+    # systemctl show prints one block of properties per unit, blocks apart by a blank line.
+    block: dict[str, str] = {}
+    block_moment = ""
+
+    def flush() -> None:
+        spent = block.get("CPUUsageNSec", "")
+        if block_moment and "Id" in block and spent.isdigit():  # "[not set]": no accounting
+            usage[block_moment][block["Id"]] = int(spent)
+        block.clear()
+
+    for line in output.splitlines():
+        moment, _, rest = line.partition(" ")
+        if moment in usage and "=" in rest and not rest.startswith("generator "):
+            if moment != block_moment:
+                flush()
+                block_moment = moment
+            name, _, value = rest.partition("=")
+            block[name] = value
+            continue
+        flush()
+        if moment == "report":
+            report = json.loads(rest)
+        elif moment == "before" and rest.startswith("generator "):
+            _, ticks, per_second = rest.split()
+            generator_before = float(ticks) / float(per_second)
+    flush()
+    if report is None:
+        raise BenchError(f"the load generator printed no report:\n{output[-2000:]}")
+    cpu = dict.fromkeys(CPU_COLUMNS, 0)
+    for unit, after in usage["after"].items():
+        spent = after - usage["before"].get(unit, after)
+        group = next((name for name, units in CPU_GROUPS if re.fullmatch(units, unit)), "other")
+        cpu[group] += max(spent, 0)
+    cpu["loadgen"] = int((float(report["loadgen_cpu_seconds"]) - generator_before) * 1e9)
+    report["cpu_ns"] = cpu
+    return report
+
+
+def cpu_per_1000(result: LoadResult) -> dict[str, float]:
+    """CPU milliseconds each group spent per 1000 measured requests, and their total."""
+    requests = max(int(result["requests"]), 1)
+    per = {name: ns / 1e6 / requests * 1000 for name, ns in result["cpu_ns"].items()}
+    per["total"] = sum(per.values())
+    return per
 
 
 def endpoints(item_ids: list[int]) -> list[Endpoint]:
@@ -316,12 +408,99 @@ def clean(result: LoadResult) -> bool:
     return result["errors_total"] == 0 and result["non_2xx_total"] == 0
 
 
+LABEL_WIDTH = 44
+CPU_HEADS = (*CPU_COLUMNS, "total")
+
+
 def row(label: str, result: LoadResult) -> str:
     errors = int(result["errors_total"]) + int(result["non_2xx_total"])
     return (
-        f"  {label:<44} {result['rps']:>8.0f} {result['p50_ms']:>8.2f} {result['p99_ms']:>8.2f}"
-        f" {errors:>7} {result['loadgen_cpu_seconds']:>8.1f}"
+        f"  {label:<{LABEL_WIDTH}} {result['rps']:>8.0f} {result['p50_ms']:>8.1f}"
+        f" {result['p99_ms']:>8.1f} {errors:>7}"
     )
+
+
+def cpu_row(label: str, result: LoadResult) -> str:
+    per = cpu_per_1000(result)
+    return f"  {label:<{LABEL_WIDTH}}" + "".join(f" {per[name]:>10.0f}" for name in CPU_HEADS)
+
+
+def goals(median: dict[tuple[str, str], LoadResult]) -> list[str]:
+    """Issue 15's goals, each with its figure and whether it is met."""
+    a, b = median[("get", "a")], median[("get", "b")]
+    cpu_a, cpu_b = cpu_per_1000(a), cpu_per_1000(b)
+    journald = cpu_a["journald"] / cpu_a["total"] if cpu_a["total"] else 0.0
+    list_a, list_c = float(median[("list", "a")]["rps"]), float(median[("list", "c")]["rps"])
+    checks = [
+        ("cached GET req/s (a)/(b)", float(a["rps"]) / max(float(b["rps"]), 1), ">=", 1.25),
+        ("cached GET CPU per request (a)/(b)", cpu_a["total"] / max(cpu_b["total"], 1), "<=", 0.75),
+        ("journald's share of the CPU, cached GET (a)", journald, "<=", 0.05),
+        ("cached GET p99 through nginx (a), ms", float(a["p99_ms"]), "<=", 1500),
+        ("list page req/s (a)/(c)", list_a / max(list_c, 1), ">=", 0.9),
+    ]
+    lines = []
+    for label, value, relation, goal in checks:
+        met = value >= goal if relation == ">=" else value <= goal
+        verdict = "met" if met else "NOT MET"
+        lines.append(f"  {label:<46} {value:>8.2f}  goal {relation} {goal:<6} {verdict}")
+    return lines
+
+
+def plot(
+    median: dict[tuple[str, str], LoadResult],
+    measured: list[Endpoint],
+    topologies: list[Topology],
+    directory: Path,
+) -> list[Path]:
+    """Two PNGs: req/s with p50/p99 per configuration, and CPU per request by unit."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    names = [topology.key for topology in topologies]
+    width = 0.8 / len(names)
+
+    figure, (rate, latency) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for index, topology in enumerate(topologies):
+        offsets = [e + (index - 1) * width for e in range(len(measured))]
+        results = [median[(endpoint.key, topology.key)] for endpoint in measured]
+        rate.bar(offsets, [float(r["rps"]) for r in results], width, label=topology.label)
+        latency.bar(offsets, [float(r["p99_ms"]) for r in results], width, label=topology.label)
+        latency.scatter(offsets, [float(r["p50_ms"]) for r in results], color="black", zorder=3)
+    latency.set_yscale("log")  # the seed's p99 can be ten times the others
+    for axes, title in ((rate, "requests per second"), (latency, "p99 ms (bars), p50 ms (dots)")):
+        axes.set_xticks(range(len(measured)), [endpoint.label for endpoint in measured])
+        axes.tick_params(axis="x", labelsize=7)
+        axes.set_title(title)
+    rate.legend(fontsize=7)
+    figure.tight_layout()
+    throughput = directory / "bench-stack-throughput.png"
+    figure.savefig(throughput, dpi=110)
+    plt.close(figure)
+
+    figure, axes = plt.subplots(figsize=(12, 4.5))
+    labels = [f"{endpoint.key} ({key})" for endpoint in measured for key in names]
+    bottom = [0.0] * len(labels)
+    for column in CPU_COLUMNS:
+        values = [
+            cpu_per_1000(median[(endpoint.key, key)])[column]
+            for endpoint in measured
+            for key in names
+        ]
+        axes.bar(labels, values, bottom=bottom, label=column)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    axes.set_ylabel("CPU ms per 1000 requests")
+    axes.set_title(
+        "Where the CPU goes, by systemd unit: (a) this stack, (b) the seed's, (c) no nginx"
+    )
+    axes.legend(fontsize=7, ncol=4)
+    figure.tight_layout()
+    cpu = directory / "bench-stack-cpu.png"
+    figure.savefig(cpu, dpi=110)
+    plt.close(figure)
+    return [throughput, cpu]
 
 
 def main() -> int:
@@ -343,6 +522,12 @@ def main() -> int:
         "--limited-address",
         default="127.0.0.2",
         help="a source address not in nginx_rate_limit_exempt",
+    )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        metavar="DIR",
+        help="also write the figures as PNGs into DIR (docs/: those docs/benchmarks.md shows)",
     )
     options = parser.parse_args()
 
@@ -382,7 +567,7 @@ def main() -> int:
                     results.setdefault((endpoint.key, topology.key), []).append(result)
                     failed |= not clean(result)
 
-        print(f"  {'':<44} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'gen CPU':>8}")
+        print(f"  {'':<{LABEL_WIDTH}} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
         median: dict[tuple[str, str], LoadResult] = {}
         for endpoint in measured:
             print(endpoint.label)
@@ -392,14 +577,32 @@ def main() -> int:
                 print(row(topology.label, chosen))
                 for bad in (r for r in runs if not clean(r)):
                     print(f"    errors: {bad['errors']} statuses: {bad['statuses']}")
+        # systemd's accounting of each unit's cgroup: hardly moved by the machine's noise.
+        print("\nCPU milliseconds per 1000 requests, by unit (of the median run):")
+        print(f"  {'':<{LABEL_WIDTH}}" + "".join(f" {name:>10}" for name in CPU_HEADS))
+        for endpoint in measured:
+            print(endpoint.label)
+            for topology in topologies:
+                print(cpu_row(topology.label, median[(endpoint.key, topology.key)]))
+        print()
+        for endpoint in measured:
+            per = {t: cpu_per_1000(median[(endpoint.key, t)])["total"] for t in "abc"}
+            print(
+                f"{endpoint.label:<34} CPU per request (a)/(b) {per['a'] / max(per['b'], 1):.2f}"
+                f"   (a)/(c) {per['a'] / max(per['c'], 1):.2f}"
+            )
         print()
         for endpoint in measured:
             a, b, c = (float(median[(endpoint.key, t)]["rps"]) for t in "abc")
-            goals = "  (goals: (a)/(b) >= 1.25, (a)/(c) >= 0.85)" if endpoint.key == "get" else ""
             if not b or not c:  # a run without one answer: its errors are listed above
                 print(f"{endpoint.label:<34} no ratio: a baseline answered nothing")
                 continue
-            print(f"{endpoint.label:<34} (a)/(b) {a / b:.2f}   (a)/(c) {a / c:.2f}{goals}")
+            print(f"{endpoint.label:<34} req/s (a)/(b) {a / b:.2f}   (a)/(c) {a / c:.2f}")
+        print("\nGoals (issue 15):")
+        print("\n".join(goals(median)))
+        if options.plot:
+            for written in plot(median, measured, topologies, options.plot):
+                print(f"wrote {written}")
 
         limited = bench.load(
             "http://127.0.0.1:8080",

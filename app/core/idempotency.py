@@ -97,9 +97,10 @@ KEY_PARAMETER: dict[str, Any] = {
     "name": KEY_HEADER,
     "in": "header",
     "required": False,
-    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": r"^[ -~]+$"},
+    "schema": {"type": "string", "maxLength": 255, "pattern": r"^[ -~]*$"},
     "description": "Makes a retry of this write answer with the first attempt's result "
-    "instead of writing again (printable ASCII, 1 to 255 characters; kept 24 h by default).",
+    "instead of writing again (printable ASCII, up to 255 characters; kept 24 h by default). "
+    "Empty is the same as not sent.",
 }
 
 
@@ -133,12 +134,13 @@ def bad_key(message: str, value: str | None = None) -> RequestValidationError:
 
 
 def key_from(request: Request) -> str | None:
-    """The request's key, ``None`` without one; 422 when it is malformed."""
+    """The request's key, ``None`` without one; 422 when it is malformed. An empty key is
+    none: nginx cannot tell it from a missing header, and gives both a key of its own."""
     values = request.headers.getlist(KEY_HEADER)
-    if not values:
-        return None
     if len(values) > 1:
         raise bad_key("send one Idempotency-Key header, not several")
+    if not values or not values[0]:
+        return None
     if not _KEY.fullmatch(values[0]):
         raise bad_key("must be 1 to 255 printable ASCII characters", values[0])
     return values[0]

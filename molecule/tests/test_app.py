@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import shlex
-import time
 import uuid
 
-from conftest import assert_units_active, read_settings
+from conftest import assert_units_active, read_settings, wait_for_spans
 
 SOCKET = "/run/webstack/app.sock"
 UNITS = ("webstack-app.socket", "webstack-app.service")
@@ -110,60 +109,50 @@ def test_survives_restart(host):
     assert status == 200
 
 
-def parse_debug_spans(journal: str) -> list[dict[str, str]]:
-    """Spans as the collector's debug exporter prints them (detailed verbosity)."""
-    spans: list[dict[str, str]] = []
-    for line in journal.splitlines():
-        text = line.strip()
-        if text.startswith("Span #"):
-            spans.append({})
-        elif spans and " : " in text:
-            key, _, value = text.partition(" : ")
-            spans[-1].setdefault(key.strip(), value.strip())
-        elif spans and text.startswith("-> db.system:"):
-            spans[-1]["db.system"] = text.split("Str(")[1].rstrip(")")
-    return spans
+SERVER = 2  # OTLP's SPAN_KIND_SERVER
 
 
-def traced_children(host, route: str, path: str) -> tuple[dict[str, str], dict[str, set[str]]]:
-    """Request `path` and find its server span and the db/cache spans under it."""
+def traced_children(host, route: str, path: str) -> tuple[dict, dict[str, set[str]]]:
+    """Request `path`; its server span, from the collector's file sink, and the parents of
+    the db/cache spans in its trace, by the database system they talk to."""
     _, status, _ = over_socket(host, path)
     assert status == 200
-    deadline = time.monotonic() + 15
-    server: dict[str, str] = {}
-    children: dict[str, set[str]] = {}
-    while time.monotonic() < deadline and children.keys() != {"postgresql", "redis"}:
-        time.sleep(1)
-        with host.sudo():
-            journal = host.run(
-                "journalctl -u otelcol-contrib.service --no-pager --since=-1min -o cat"
-            ).stdout
-        spans = parse_debug_spans(journal)
-        servers = [s for s in spans if s.get("Name") == route and s.get("Kind") == "Server"]
-        if not servers:
-            continue
-        server = servers[-1]
-        children = {}
+
+    def servers(spans):
+        return [
+            span
+            for span in spans
+            if (span["name"], span.get("kind")) == (route, SERVER)
+            and path in span["attributes"].values()
+        ]
+
+    (server,) = servers(wait_for_spans(host, path, servers, f"the server span of {path}"))
+
+    def children(spans) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
         for span in spans:
-            if span.get("Trace ID") == server["Trace ID"] and "db.system" in span:
-                children.setdefault(span["db.system"], set()).add(span["Parent ID"])
-    return server, children
+            if span["traceId"] == server["traceId"] and "db.system" in span["attributes"]:
+                found.setdefault(span["attributes"]["db.system"], set()).add(span["parentSpanId"])
+        return found
+
+    spans = wait_for_spans(
+        host,
+        server["traceId"],
+        lambda spans: children(spans).keys() == {"postgresql", "redis"},
+        f"the db/cache spans of {route}",
+    )
+    return server, children(spans)
 
 
 def test_request_spans_reach_the_collector(host):
     # A cache miss on GET /api/notes/{id} reads PostgreSQL and fills Valkey: one HTTP server
-    # span with SQL and cache spans as its children, in the same trace. After heavy traffic
-    # journald may still be dropping the collector's debug lines (its rate limit), so a
-    # request whose spans are not seen is followed by a fresh one, within a bound.
+    # span with SQL and cache spans as its children, in the same trace.
     route = "GET /api/notes/{note_id}"
-    for _attempt in range(4):
-        _, status, body = over_socket(
-            host, "/api/notes", method="POST", body={"title": "trace", "content": "me"}
-        )
-        assert status == 201
-        server, children = traced_children(host, route, f"/api/notes/{json.loads(body)['id']}")
-        if children.keys() == {"postgresql", "redis"}:
-            break
+    _, status, body = over_socket(
+        host, "/api/notes", method="POST", body={"title": "trace", "content": "me"}
+    )
+    assert status == 201
+    server, children = traced_children(host, route, f"/api/notes/{json.loads(body)['id']}")
     assert set(children) == {"postgresql", "redis"}, f"db/cache spans of {route}: {children}"
-    assert children["postgresql"] == {server["ID"]}
-    assert children["redis"] == {server["ID"]}
+    assert children["postgresql"] == {server["spanId"]}
+    assert children["redis"] == {server["spanId"]}

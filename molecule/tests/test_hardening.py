@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 
-MAX_EXPOSURE = 4.0
+from tests.hosts import MAX_EXPOSURE, exposure
+
 # What the host's image runs before any play: systemd's own services, D-Bus, SSH, cron and
 # the console, and each logged-in user's manager.
 OPERATING_SYSTEM = re.compile(
@@ -26,17 +27,10 @@ def running_services(host) -> list[str]:
     return [unit for unit in units if not OPERATING_SYSTEM.fullmatch(unit)]
 
 
-def exposure(host, unit: str) -> float:
-    out = host.check_output(f"systemd-analyze security --no-pager {unit} | tail -n 1")
-    return float(re.search(r"level for \S+: ([0-9.]+)", out).group(1))
-
-
 def test_every_daemon_of_the_stack_is_sandboxed(host):
     units = running_services(host)
     # The stack is there (the list is not empty by mistake): its main units are among them.
     assert {"nginx.service", "webstack-app.service", "valkey-server.service"} <= set(units)
     rated = {unit: exposure(host, unit) for unit in units}
-    for unit, level in sorted(rated.items(), key=lambda item: -item[1]):
-        print(f"systemd-analyze security {unit}: {level}")
     exposed = {unit: level for unit, level in rated.items() if level > MAX_EXPOSURE}
     assert not exposed, f"exposure above {MAX_EXPOSURE}: {exposed}"

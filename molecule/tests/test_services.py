@@ -5,9 +5,10 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from conftest import assert_units_active
+from conftest import assert_units_active, wait_for_spans
 
 SERVICES = ("users", "orders", "payments")
+SERVER, CLIENT = 2, 3  # OTLP's span kinds
 
 
 def register_and_login(api) -> dict[str, str]:
@@ -91,3 +92,38 @@ def test_no_token_no_orders(api):
     assert api.get("/orders").status_code == 401
     forged = {"Authorization": "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiIxIn0."}
     assert api.get("/orders", headers=forged).status_code == 401
+
+
+def test_an_order_is_one_trace_across_the_services(host, api):
+    # The client starts the trace (a W3C traceparent through nginx), so its spans are found
+    # in the collector's file sink by their trace id: the order on the orders service, its
+    # call to payments, and the charge on the payments service, parent to child.
+    auth = register_and_login(api)
+    trace_id, caller = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    line = {"name": "Product 1", "quantity": 1, "price": "1.00"}
+    headers = {**auth, "traceparent": f"00-{trace_id}-{caller}-01"}
+    assert api.post("/orders", json={"items": [line]}, headers=headers).status_code == 201
+
+    def one(spans, service, kind, name):
+        found = [
+            span
+            for span in spans
+            if (span["service"], span.get("kind"), span["name"])
+            == (f"webstack-{service}", kind, name)
+            and span["traceId"] == trace_id
+        ]
+        return found[0] if len(found) == 1 else None
+
+    def chain(spans):
+        order = one(spans, "orders", SERVER, "POST /orders")
+        # The HTTP call to payments (the SQL and cache spans are of kind CLIENT too).
+        call = one(spans, "orders", CLIENT, "POST")
+        charge = one(spans, "payments", SERVER, "POST /payments/internal/charges")
+        return (order, call, charge) if order and call and charge else None
+
+    order, call, charge = chain(
+        wait_for_spans(host, trace_id, chain, "the order's spans on orders and payments")
+    )
+    assert order["parentSpanId"] == caller
+    assert call["parentSpanId"] == order["spanId"]
+    assert charge["parentSpanId"] == call["spanId"]

@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+
+from tests.hosts import security_headers as declared_security_headers
 
 # One socket per service of the scenario's map (molecule.yml): app, users, orders, payments.
 SERVICE_SOCKETS = tuple(
@@ -69,6 +70,4 @@ def echo_app(host):
 def security_headers() -> dict[str, str]:
     """The headers nginx adds to every answer (lower-case names), as roles/nginx declares
     them by default: compared against, never restated."""
-    defaults = Path(__file__).resolve().parents[3] / "roles/nginx/defaults/main.yml"
-    headers = yaml.safe_load(defaults.read_text())["nginx_security_headers"]
-    return {name.lower(): str(value) for name, value in headers.items()}
+    return declared_security_headers()
