@@ -1,4 +1,4 @@
-"""Benchmarks: scripts that print numbers (run with `uv run python -m bench.<name>`)."""
+"""Benchmarks: scripts that print numbers (run with `.venv/bin/python -m bench.<name>`)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """What the cache buys: cached vs uncached GET /api/items/{id}, and a bare ASGI baseline.
 
-    uv run python -m bench.app_cache [--rounds 3] [--duration 3] [--connections 32]
+    .venv/bin/python -m bench.app_cache [--rounds 3] [--duration 3] [--connections 32]
 
 Starts a throw-away PostgreSQL and Valkey/Redis (as the tests do), then four Gunicorn
 servers with the production settings (``app/gunicorn_conf.py``), each on a Unix socket:

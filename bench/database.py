@@ -1,7 +1,7 @@
 """Synchronous replication and PgBouncer, measured side by side on a Patroni cluster.
 
     molecule converge -s database        # a site with two or more db hosts, deployed
-    uv run python -m bench.database [--app-host 10.213.0.63] [--clients 8] [--duration 15]
+    .venv/bin/python -m bench.database [--app-host 10.213.0.63] [--clients 8] [--duration 15]
 
 Everything runs on an app host, on the path the app's own writes take: pgbench (from the
 primary's PostgreSQL packages, copied over; it needs only libpq) connects as the app's role,

@@ -1,7 +1,7 @@
 """The deployed stack against the seed's topology and against the bare app, on the sandbox host.
 
     scripts/sandbox                      # deploy first (once)
-    uv run python -m bench.stack [--connections 1000] [--duration 15] [--warmup 5] [--rounds 1]
+    .venv/bin/python -m bench.stack [--connections 1000] [--duration 15] [--warmup 5] [--rounds 1]
 
 Three ways to reach the same deployed app, measured in one run on the sandbox host:
 

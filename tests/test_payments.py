@@ -193,7 +193,6 @@ async def test_bad_amounts_are_422(
 async def test_other_bad_charges(payments: Api, payments_settings: Settings) -> None:
     good = {"order_id": 1, "user_id": ALICE, "amount": "1"}
     bad: list[tuple[dict[str, Any], dict[str, Any]]] = [
-        (good, {"Idempotency-Key": ""}),
         (good, {"Idempotency-Key": "k" * 256}),
         (good, {"Idempotency-Key": b"caf\xc3\xa9"}),  # not ASCII
         ({**good, "order_id": 0}, {}),
