@@ -99,7 +99,9 @@ def parse_otlp_spans(text: str) -> list[dict[str, Any]]:
     attributes as a dict and its resource's service.name as "service". A last line the
     collector is still writing is left for the next read."""
     spans: list[dict[str, Any]] = []
-    lines = text.splitlines()
+    # Only "\n" ends a line: str.splitlines() also breaks at U+0085 and U+2028, which JSON
+    # strings may hold unescaped (the gateway's schemathesis run sends such paths).
+    lines = [line for line in text.split("\n") if line]
     for number, line in enumerate(lines, start=1):
         try:
             batch = json.loads(line)
