@@ -49,6 +49,13 @@ def address(host) -> str:
 
 
 @pytest.fixture(scope="module")
+def controller(address) -> str:
+    """The controller's address on the test bed's bridge (its first host), where the
+    checks' own requests come from."""
+    return address.rsplit(".", 1)[0] + ".1"
+
+
+@pytest.fixture(scope="module")
 def api(address):
     """A client of the gateway's plain-HTTP listener, :8080."""
     with httpx.Client(base_url=f"http://{address}:8080", timeout=30) as client:
