@@ -136,10 +136,9 @@ def test_dotfiles_forbidden(api, path):
     assert api.get(path).status_code == 403
 
 
-def test_client_address_reaches_the_app(host, api):
+def test_client_address_reaches_the_app(host, api, controller):
     marker = uuid.uuid4().hex[:10]
     assert api.get(f"/api/items?limit=1&trace={marker}").status_code == 200
-    controller = host.ansible.get_variables()["ansible_host"].rsplit(".", 1)[0] + ".1"
     # The app's server span records the client as the app saw it: the controller's address
     # from nginx's X-Forwarded-For, not the socket's empty peer or 127.0.0.1.
 
@@ -162,7 +161,7 @@ def test_client_address_reaches_the_app(host, api):
     assert controller in client, server["attributes"]
 
 
-def test_every_request_is_logged_once(host, api):
+def test_every_request_is_logged_once(host, api, controller):
     # nginx's access log has it, with the client's address; the app's (app_access_log) not.
     marker = uuid.uuid4().hex[:10]
     assert api.get(f"/api/items?limit=1&logged={marker}").status_code == 200
@@ -173,7 +172,6 @@ def test_every_request_is_logged_once(host, api):
             f" --grep={marker}"
         )
     lines = [line for line in journal.splitlines() if marker in line]
-    controller = host.ansible.get_variables()["ansible_host"].rsplit(".", 1)[0] + ".1"
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"{controller} "), lines
 

@@ -74,12 +74,13 @@ def test_the_outage_lasted_and_was_carried_by_the_other_host(recorded, tally):
 
 
 def test_app_hosts_restart_one_after_the_other(recorded):
-    # The rollout restarted every service (a unit change), app1's then app2's; the hosts
-    # share one kernel, hence one monotonic clock (recorded right after the rollout).
-    app1 = load_json(recorded / "started-app1.json")
-    app2 = load_json(recorded / "started-app2.json")
-    assert len(app1) == len(app2) == len(SERVICES)
+    # The rollout restarted every service (a unit change), app1's then app2's, and then
+    # started app3's for the first time; the hosts share one kernel, hence one monotonic
+    # clock (recorded right after the rollout).
+    app1, app2, app3 = (load_json(recorded / f"started-{name}.json") for name in APP_HOSTS)
+    assert len(app1) == len(app2) == len(app3) == len(SERVICES)
     assert max(app1) < min(app2), (app1, app2)
+    assert max(app2) < min(app3), (app2, app3)
 
 
 def test_the_new_release_runs_everywhere(hosts):
