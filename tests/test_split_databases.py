@@ -11,8 +11,10 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from app.core.settings import DOMAIN_NAMES
+from tests.role_plugins import SERVICES, load
 from tests.servers import REPO_ROOT, PostgresServer, clean_env
 from tests.test_startup import run_module
 
@@ -134,3 +136,65 @@ def test_a_domain_the_shared_database_never_held_is_left_to_the_migrations(
     result = split(pg, old, target, role, "payments")
     assert result.returncode == 3
     assert json.loads(result.stdout) == {"action": "absent", "tables": {}}
+
+
+# The check roles/postgresql runs before it creates the services' own databases (its
+# tasks/app_database.yml): what it decides, and the query that finds the rows it decides on.
+postgresql = load("postgresql", "postgresql")
+SITE = load("webstack", "topology").webstack_topology(
+    SERVICES, {"app": ["a1"]}, {"workers": 1, "db_pool_size": 1, "db_max_overflow": 0}
+)
+SEED_001_DATABASES = ["appdb", "user_db", "order_db", "payment_db"]
+
+
+@pytest.mark.parametrize(
+    ("existing", "migrated", "filled", "stranded"),
+    [
+        # A new site: no shared database, nothing to leave behind.
+        ([], [], {}, []),
+        # Deployed by a release before this change: every service's rows in appdb only.
+        (
+            ["appdb"],
+            [],
+            {"users": ["users"], "orders": ["order_items", "orders"], "payments": []},
+            [("users", ["users"]), ("orders", ["order_items", "orders"])],
+        ),
+        # Their databases created, never migrated (e.g. a run that stopped halfway).
+        (SEED_001_DATABASES, ["appdb"], {"users": ["users"]}, [("users", ["users"])]),
+        # Split, or new: each service's own database migrated; appdb's leftovers are old.
+        (SEED_001_DATABASES, SEED_001_DATABASES, {"users": ["users"], "orders": ["orders"]}, []),
+        # The shared database holds the tables, empty: nothing to move.
+        (["appdb"], [], {}, []),
+    ],
+)
+def test_the_check_stops_the_services_whose_rows_only_the_shared_database_holds(
+    existing: list[str],
+    migrated: list[str],
+    filled: dict[str, list[str]],
+    stranded: list[tuple[str, list[str]]],
+) -> None:
+    found = postgresql.postgresql_stranded(SITE, "appdb", existing, migrated, filled)
+    assert [(s["name"], s["tables"]) for s in found] == stranded
+
+
+def test_the_app_service_keeping_the_shared_database_is_never_stopped() -> None:
+    found = postgresql.postgresql_stranded(SITE, "appdb", ["appdb"], [], {"app": ["items"]})
+    assert found == []
+
+
+def rows_query(tables: list[str]) -> str:
+    """The check's query for the tables with rows, as community.postgresql sends it."""
+    path = REPO_ROOT / "roles/postgresql/tasks/app_database.yml"
+    check = yaml.safe_load(path.read_text())[0]
+    (task,) = (t for t in check["block"] if "hold rows" in t["name"])
+    query = task["community.postgresql.postgresql_query"]["query"]
+    array = "ARRAY[" + ",".join(f"'{t}'" for t in tables) + "]::text[]"
+    return query.replace("%(tables)s", array).replace("%%", "%")
+
+
+def test_the_check_finds_the_tables_with_rows_in_the_shared_database(
+    pg: PostgresServer, shared: str
+) -> None:
+    pg.psql("DELETE FROM payments", shared)
+    found = pg.psql(rows_query(["users", "payments", "orders", "order_items", "nope"]), shared)
+    assert sorted(found.split()) == ["order_items", "orders", "users"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ansible.errors import AnsibleFilterError
@@ -44,9 +44,41 @@ def postgresql_checked_settings(settings: Any, variable: str) -> dict[str, Any]:
     return dict(settings)
 
 
+def postgresql_stranded(
+    services: Iterable[Mapping[str, Any]],
+    shared: str,
+    existing: Iterable[str],
+    migrated: Iterable[str],
+    filled: Mapping[str, Iterable[str]],
+) -> list[dict[str, Any]]:
+    """The services whose rows would be left behind in ``shared`` by starting them now.
+
+    A service with a database of its own whose tables hold rows in ``shared`` (a site
+    deployed before each service had its own database: ``filled`` maps a service's name to
+    those of its tables with rows there), while its own database does not exist or its
+    migrations never ran there (not in ``migrated``: no ``alembic_version``), would start
+    on an empty database: playbooks/split-databases.yml moves the rows first. Once its own
+    database was migrated, that database is the service's, whatever ``shared`` still holds.
+    """
+    if shared not in set(existing):
+        return []
+    done = set(migrated)
+    stranded = []
+    for service in services:
+        if service["database"] == shared or service["database"] in done:
+            continue
+        tables = sorted(set(filled.get(service["name"], ())))
+        if tables:
+            stranded.append(
+                {"name": service["name"], "database": service["database"], "tables": tables}
+            )
+    return stranded
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
             "postgresql_conf_value": postgresql_conf_value,
             "postgresql_checked_settings": postgresql_checked_settings,
+            "postgresql_stranded": postgresql_stranded,
         }
