@@ -198,3 +198,25 @@ def test_the_check_finds_the_tables_with_rows_in_the_shared_database(
     pg.psql("DELETE FROM payments", shared)
     found = pg.psql(rows_query(["users", "payments", "orders", "order_items", "nope"]), shared)
     assert sorted(found.split()) == ["order_items", "orders", "users"]
+
+
+def test_empty_tables_in_the_target_are_not_taken_for_a_copy(
+    pg: PostgresServer, shared: str
+) -> None:
+    # site.yml before the split: the service's migrations made its tables, empty.
+    role, target, password = service_database(pg, "t5users")
+    env = clean_env(
+        APP_DB_USER=role,
+        APP_DB_PASS=password,
+        APP_DB_HOST=pg.host,
+        APP_DB_PORT=str(pg.port),
+        APP_DB_NAME=target,
+        APP_DOMAINS="users",
+    )
+    assert run_module("app.migrate", env).returncode == 0
+    result = split(pg, shared, target, role, "users")
+    assert result.returncode == 1
+    assert f"{target} holds ['users'] without a row while {shared} holds their rows" in (
+        result.stderr
+    )
+    assert pg.psql("SELECT count(*) FROM users", target).strip() == "0"

@@ -14,7 +14,9 @@ run there as the postgres superuser, once per service whose database is not the 
   ROLE, in one transaction; then the rows of each are counted on both sides, and any
   difference fails (exit 1).
 - The target holding all of them: already copied, nothing is done; the counts are
-  reported (they differ once the service has written to its own database).
+  reported (they differ once the service has written to its own database). Unless none
+  of them has a row while the source's hold some: the service's migrations made them
+  before any copy (site.yml ran first), refused (exit 1), it needs a person.
 - The target holding some of them only: refused (exit 1), it needs a person.
 
 The source database is only read, never changed: the operator drops the copied tables
@@ -128,6 +130,15 @@ def split(server: Server, source: str, target: str, role: str, tables: list[str]
         differ = {name: pair for name, pair in counts.items() if pair[0] != pair[1]}
         if differ:
             raise Failure(f"row counts differ after the copy (source, target): {differ}")
+    elif not any(target_rows for _, target_rows in counts.values()) and any(
+        source_rows for source_rows, _ in counts.values()
+    ):
+        raise Failure(
+            f"{target} holds {sorted(tables)} without a row while {source} holds their rows "
+            f"(source, target): {counts}: not a copy; the service's migrations made them "
+            "empty before the split. Stop the service, drop them (and alembic_version) in "
+            f"{target} once you are sure they are empty, and run again"
+        )
     return {"action": action, "tables": counts}
 
 
