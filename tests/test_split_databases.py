@@ -185,8 +185,8 @@ def test_the_app_service_keeping_the_shared_database_is_never_stopped() -> None:
 def rows_query(tables: list[str]) -> str:
     """The check's query for the tables with rows, as community.postgresql sends it."""
     path = REPO_ROOT / "roles/postgresql/tasks/app_database.yml"
-    check = yaml.safe_load(path.read_text())[0]
-    (task,) = (t for t in check["block"] if "hold rows" in t["name"])
+    tasks = yaml.safe_load(path.read_text())
+    (task,) = (t for check in tasks for t in check.get("block", []) if "hold rows" in t["name"])
     query = task["community.postgresql.postgresql_query"]["query"]
     array = "ARRAY[" + ",".join(f"'{t}'" for t in tables) + "]::text[]"
     return query.replace("%(tables)s", array).replace("%%", "%")
