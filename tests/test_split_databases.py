@@ -148,45 +148,74 @@ SEED_001_DATABASES = ["appdb", "user_db", "order_db", "payment_db"]
 
 
 @pytest.mark.parametrize(
-    ("existing", "migrated", "filled", "stranded"),
+    ("existing", "migrated", "filled", "copied", "stranded"),
     [
         # A new site: no shared database, nothing to leave behind.
-        ([], [], {}, []),
+        ([], [], {}, {}, []),
         # Deployed by a release before this change: every service's rows in appdb only.
         (
             ["appdb"],
             [],
             {"users": ["users"], "orders": ["order_items", "orders"], "payments": []},
+            {},
             [("users", ["users"]), ("orders", ["order_items", "orders"])],
         ),
         # Their databases created, never migrated (e.g. a run that stopped halfway).
-        (SEED_001_DATABASES, ["appdb"], {"users": ["users"]}, [("users", ["users"])]),
+        (SEED_001_DATABASES, ["appdb"], {"users": ["users"]}, {}, [("users", ["users"])]),
+        # ... or with empty tables in them: no copy either.
+        (
+            SEED_001_DATABASES,
+            ["appdb"],
+            {"users": ["users"]},
+            {"users": []},
+            [("users", ["users"])],
+        ),
+        # Copied by playbooks/split-databases.yml, its site.yml to migrate them next.
+        (SEED_001_DATABASES, ["appdb"], {"users": ["users"]}, {"users": ["users"]}, []),
         # Split, or new: each service's own database migrated; appdb's leftovers are old.
-        (SEED_001_DATABASES, SEED_001_DATABASES, {"users": ["users"], "orders": ["orders"]}, []),
+        (
+            SEED_001_DATABASES,
+            SEED_001_DATABASES,
+            {"users": ["users"], "orders": ["orders"]},
+            {},
+            [],
+        ),
         # The shared database holds the tables, empty: nothing to move.
-        (["appdb"], [], {}, []),
+        (["appdb"], [], {}, {}, []),
     ],
 )
 def test_the_check_stops_the_services_whose_rows_only_the_shared_database_holds(
     existing: list[str],
     migrated: list[str],
     filled: dict[str, list[str]],
+    copied: dict[str, list[str]],
     stranded: list[tuple[str, list[str]]],
 ) -> None:
-    found = postgresql.postgresql_stranded(SITE, "appdb", existing, migrated, filled)
+    found = postgresql.postgresql_stranded(SITE, "appdb", existing, migrated, filled, copied)
     assert [(s["name"], s["tables"]) for s in found] == stranded
 
 
 def test_the_app_service_keeping_the_shared_database_is_never_stopped() -> None:
-    found = postgresql.postgresql_stranded(SITE, "appdb", ["appdb"], [], {"app": ["items"]})
+    found = postgresql.postgresql_stranded(SITE, "appdb", ["appdb"], [], {"app": ["items"]}, {})
     assert found == []
+
+
+def test_the_tables_each_query_found_by_service_skipped_ones_left_out() -> None:
+    results = [
+        {"service": {"name": "users"}, "query_result": [{"tablename": "users"}]},
+        {"service": {"name": "orders"}, "query_result": []},
+        {"service": {"name": "payments"}, "skipped": True},
+    ]
+    assert postgresql.postgresql_tables_by_service(results) == {"users": ["users"], "orders": []}
 
 
 def rows_query(tables: list[str]) -> str:
     """The check's query for the tables with rows, as community.postgresql sends it."""
     path = REPO_ROOT / "roles/postgresql/tasks/app_database.yml"
     tasks = yaml.safe_load(path.read_text())
-    (task,) = (t for check in tasks for t in check.get("block", []) if "hold rows" in t["name"])
+    (task,) = (
+        t for check in tasks for t in check.get("block", []) if "rows in the shared" in t["name"]
+    )
     query = task["community.postgresql.postgresql_query"]["query"]
     array = "ARRAY[" + ",".join(f"'{t}'" for t in tables) + "]::text[]"
     return query.replace("%(tables)s", array).replace("%%", "%")

@@ -50,14 +50,16 @@ def postgresql_stranded(
     existing: Iterable[str],
     migrated: Iterable[str],
     filled: Mapping[str, Iterable[str]],
+    copied: Mapping[str, Iterable[str]],
 ) -> list[dict[str, Any]]:
     """The services whose rows would be left behind in ``shared`` by starting them now.
 
     A service with a database of its own whose tables hold rows in ``shared`` (a site
     deployed before each service had its own database: ``filled`` maps a service's name to
     those of its tables with rows there), while its own database does not exist or its
-    migrations never ran there (not in ``migrated``: no ``alembic_version``), would start
-    on an empty database: playbooks/split-databases.yml moves the rows first. Once its own
+    migrations never ran there (not in ``migrated``: no ``alembic_version``) and holds no
+    copy of them (``copied``: its tables with rows in its own database), would start on
+    an empty database: playbooks/split-databases.yml moves the rows first. Once its own
     database was migrated, that database is the service's, whatever ``shared`` still holds.
     """
     if shared not in set(existing):
@@ -68,11 +70,21 @@ def postgresql_stranded(
         if service["database"] == shared or service["database"] in done:
             continue
         tables = sorted(set(filled.get(service["name"], ())))
-        if tables:
+        if tables and not list(copied.get(service["name"], ())):
             stranded.append(
                 {"name": service["name"], "database": service["database"], "tables": tables}
             )
     return stranded
+
+
+def postgresql_tables_by_service(results: Iterable[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """A looped query's results (loop_var ``service``, rows with ``tablename``): each
+    service's name to the tables its query returned; skipped iterations left out."""
+    return {
+        result["service"]["name"]: [row["tablename"] for row in result["query_result"]]
+        for result in results
+        if "query_result" in result
+    }
 
 
 class FilterModule:
@@ -81,4 +93,5 @@ class FilterModule:
             "postgresql_conf_value": postgresql_conf_value,
             "postgresql_checked_settings": postgresql_checked_settings,
             "postgresql_stranded": postgresql_stranded,
+            "postgresql_tables_by_service": postgresql_tables_by_service,
         }
