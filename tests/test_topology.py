@@ -50,6 +50,21 @@ def test_the_database_budget_counts_every_worker_of_every_service_on_every_host(
     assert topology.webstack_db_connections(services) == 2 * 10 * 10
 
 
+def test_the_database_budget_is_sized_for_the_planned_hosts_at_least() -> None:
+    services = normalise(SEED_001)
+    # Sized for 3 hosts: a third app host joins without a new max_connections.
+    assert topology.webstack_db_connections(services, 3) == 3 * 10 * 10
+    assert topology.webstack_db_connections(services, "3") == 3 * 10 * 10
+    # More hosts than planned: the budget follows the hosts.
+    assert topology.webstack_db_connections(services, 1) == 2 * 10 * 10
+
+
+@pytest.mark.parametrize("planned", [0, "one", 1.5, True])
+def test_a_bad_planned_host_count_is_refused(planned: object) -> None:
+    with pytest.raises(AnsibleFilterError, match="webstack_db_planned_hosts"):
+        topology.webstack_db_connections(normalise(SEED_001), planned)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("services", "message"),
     [

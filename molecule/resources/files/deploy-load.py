@@ -10,6 +10,11 @@ turn until it gets SIGTERM
 sent. A request fails if it gets no complete response or a 5xx.
 Results go to --out as JSON.
 
+With --rate, the clients together send about that many requests a second, each starting
+its requests at an even pace (a late one starts at once, with no burst to catch up):
+steady traffic that leaves the test bed's cores to the deploy it watches. Without it, each
+client sends its next request as soon as the answer is in.
+
 Like any HTTP/1.1 client (RFC 9112, 9.3.1), it sends a request again, once, on a new
 connection when a kept-alive connection was closed before any byte of the answer came
 back: a server may close an idle connection (nginx does on every reload) just as the next
@@ -67,7 +72,14 @@ def client(
     answered = 0  # answers on the current connection: a closed fresh one is never resent
     item_id = None
     step = 0
+    interval = args.clients / args.rate if args.rate > 0 else 0.0
+    next_start = time.monotonic()
     while time.monotonic() < deadline and not stop.is_set():
+        if interval:
+            now = time.monotonic()
+            if next_start > now and stop.wait(next_start - now):
+                break
+            next_start = max(next_start, now) + interval
         with lock:
             if budget[0] <= 0:
                 return
@@ -138,6 +150,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--max-requests", type=int, default=200_000)
     parser.add_argument("--timeout", type=float, default=30)
+    parser.add_argument(
+        "--rate", type=float, default=0, help="requests a second, all clients together"
+    )
     parser.add_argument("--out", required=True)
     parser.add_argument("--get", action="append", default=[], help="another path to GET")
     args = parser.parse_args()
@@ -162,6 +177,7 @@ def main() -> None:
         "started": started,
         "finished": time.time(),
         "requests": total,
+        "rate": args.rate or None,
         "failures": failures,
         "by_status": dict(stats),
         "first_failures": stats_failures[:20],

@@ -302,9 +302,21 @@ def webstack_addresses(hostvars: Mapping[str, Any], hosts: Iterable[str]) -> dic
     return addresses
 
 
-def webstack_db_connections(services: Iterable[Mapping[str, Any]]) -> int:
-    """Connections every app worker of every service on every host may hold at once."""
-    return sum(s["db_connections"] for s in services)
+def webstack_db_connections(services: Iterable[Mapping[str, Any]], planned_hosts: int = 1) -> int:
+    """Connections every app worker of every service may hold at once, on every host that
+    runs it or on ``planned_hosts`` hosts if that is more."""
+    if isinstance(planned_hosts, str) and planned_hosts.strip().isdigit():  # -e name=3
+        planned_hosts = int(planned_hosts)
+    if isinstance(planned_hosts, bool) or not isinstance(planned_hosts, int) or planned_hosts < 1:
+        raise AnsibleFilterError(
+            f"webstack_db_planned_hosts is {planned_hosts!r}; it must be a whole number, 1 or more"
+        )
+    return sum(
+        max(len(s["hosts"]), planned_hosts)
+        * s["workers"]
+        * (s["db_pool_size"] + s["db_max_overflow"])
+        for s in services
+    )
 
 
 PASSWORDS = "webstack_db_passwords"
