@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shlex
 import shutil
 import sys
 import tempfile
@@ -34,12 +33,13 @@ from pathlib import Path
 from bench import run
 from bench.stack import (
     REMOTE_DIR,
-    TESTBED_KEY,
     Bench,
     BenchError,
     Host,
+    add_host_arguments,
     build_loadgen,
     endpoints,
+    loadgen_command,
 )
 
 SVG_DEFAULT = Path(__file__).resolve().parent.parent / "docs" / "profile-cached-get.svg"
@@ -158,9 +158,7 @@ def table(title: str, counts: Counter[str], samples: int, top: int) -> list[str]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--host", default="10.213.0.10", help="the sandbox host's address")
-    parser.add_argument("--user", default="deploy")
-    parser.add_argument("--key", type=Path, default=TESTBED_KEY)
+    add_host_arguments(parser)
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--seconds", type=float, default=20.0, help="sampled seconds")
@@ -177,16 +175,7 @@ def main() -> int:
         print("py-spy is not installed: it is in the bench group (uv sync)", file=sys.stderr)
         return 2
     host = Host(options.host, options.user, options.key)
-    # Bench's set-up needs only these of its options.
-    bench = Bench(
-        host,
-        argparse.Namespace(
-            host=options.host,
-            app_socket="/run/webstack/app.sock",
-            nginx_binary="/usr/local/sbin/nginx",
-            nginx_conf_dir="/etc/nginx",
-        ),
-    )
+    bench = Bench(host, options)
     try:
         bench.preflight()
         with tempfile.TemporaryDirectory() as scratch:
@@ -194,21 +183,12 @@ def main() -> int:
         host.run(f"install -D -m 0755 /dev/stdin {REMOTE_DIR}/py-spy", stdin=spy.read_bytes())
         items = bench.seed_items()
         pid = worker_pid(host, options.unit)
-        length = options.warmup + options.seconds + 3
-        loadgen = shlex.join(
-            [
-                f"{REMOTE_DIR}/loadgen",
-                "-json",
-                "-target",
-                "http://127.0.0.1:8080",
-                "-c",
-                str(options.connections),
-                "-d",
-                f"{length}s",
-                "-warmup",
-                f"{options.warmup}s",
-                *endpoints(items)[0].args,  # the cached GET, as bench/stack.py sends it
-            ]
+        loadgen = loadgen_command(
+            "http://127.0.0.1:8080",
+            endpoints(items)[0].args,  # the cached GET, as bench/stack.py sends it
+            connections=options.connections,
+            duration=options.warmup + options.seconds + 3,
+            warmup=options.warmup,
         )
         output = host.run(profile_script(loadgen, pid, options.warmup, options.seconds))
         report_text, _, folded = output.partition("\n---\n")

@@ -287,22 +287,39 @@ rm -rf {SECRETS_DIR}
         warmup: float,
         bind: str | None = None,
     ) -> LoadResult:
-        command = [
-            f"{REMOTE_DIR}/loadgen",
-            "-json",
-            "-target",
-            target,
-            "-c",
-            str(connections),
-            "-d",
-            f"{duration}s",
-            "-warmup",
-            f"{warmup}s",
-            *args,
-        ]
-        if bind:
-            command += ["-bind", bind]
-        return accounted(self.host.run(accounting_script(shlex.join(command), warmup)))
+        command = loadgen_command(
+            target, args, connections=connections, duration=duration, warmup=warmup, bind=bind
+        )
+        return accounted(self.host.run(accounting_script(command, warmup)))
+
+
+def loadgen_command(
+    target: str,
+    args: tuple[str, ...],
+    *,
+    connections: int,
+    duration: float,
+    warmup: float,
+    bind: str | None = None,
+) -> str:
+    """The shell command of one run of the host's load generator, its report as JSON;
+    ``duration`` is the measured time, after ``warmup``."""
+    command = [
+        f"{REMOTE_DIR}/loadgen",
+        "-json",
+        "-target",
+        target,
+        "-c",
+        str(connections),
+        "-d",
+        f"{duration}s",
+        "-warmup",
+        f"{warmup}s",
+        *args,
+    ]
+    if bind:
+        command += ["-bind", bind]
+    return shlex.join(command)
 
 
 def accounting_script(loadgen: str, warmup: float) -> str:
@@ -503,21 +520,27 @@ def plot(
     return [throughput, cpu]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_host_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that reach the sandbox host and that Bench's set-up reads (the stack's
+    socket, nginx's binary and configuration), shared by the benchmarks run on it."""
     parser.add_argument("--host", default="10.213.0.10", help="the sandbox host's address")
     parser.add_argument("--user", default="deploy")
     parser.add_argument("--key", type=Path, default=TESTBED_KEY)
+    parser.add_argument("--app-socket", default="/run/webstack/app.sock")
+    parser.add_argument("--nginx-conf-dir", default="/etc/nginx")
+    parser.add_argument("--nginx-binary", default="/usr/local/sbin/nginx")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_host_arguments(parser)
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds before each")
     parser.add_argument("--rounds", type=int, default=1, help="rounds; the median is reported")
-    parser.add_argument("--app-socket", default="/run/webstack/app.sock")
     parser.add_argument("--app-dir", default="/opt/webstack/current")
     parser.add_argument("--app-user", default="webstack-app")
     parser.add_argument("--env-dir", default="/etc/webstack")
-    parser.add_argument("--nginx-conf-dir", default="/etc/nginx")
-    parser.add_argument("--nginx-binary", default="/usr/local/sbin/nginx")
     parser.add_argument(
         "--limited-address",
         default="127.0.0.2",
