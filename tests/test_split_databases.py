@@ -119,6 +119,25 @@ def test_orders_move_with_their_lines(pg: PostgresServer, shared: str) -> None:
     assert fks == "fk_order_items_order_id_orders"
 
 
+def test_a_failed_restore_leaves_the_target_as_it_was(pg: PostgresServer, shared: str) -> None:
+    """The dump streams into the restore; the restore failing half-way (a sequence of the
+    same name is in the way, after the first table was made) names pg_restore's error and
+    rolls back everything, and the next run copies from scratch."""
+    role, target, _ = service_database(pg, "t5orders")
+    pg.psql(f"SET ROLE {role}; CREATE SEQUENCE order_items_id_seq", target)
+    result = split(pg, shared, target, role, "orders", "order_items")
+    assert result.returncode == 1
+    assert result.stderr.startswith("webstack-pg-split: pg_restore "), result.stderr
+    assert "already exists" in result.stderr
+    every = "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+    assert pg.psql(every, target).strip() == "0"
+
+    pg.psql("DROP SEQUENCE order_items_id_seq", target)
+    again = split(pg, shared, target, role, "orders", "order_items")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["tables"] == {"order_items": [14, 14], "orders": [7, 7]}
+
+
 def test_a_half_copied_target_is_refused(pg: PostgresServer, shared: str) -> None:
     role, target, _ = service_database(pg, "t3orders")
     pg.psql(f"SET ROLE {role}; CREATE TABLE orders (id serial PRIMARY KEY)", target)

@@ -31,6 +31,7 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 # Databases, roles and tables as the roles name them: plain lower-case identifiers only,
@@ -47,14 +48,45 @@ class Server:
         self.bindir = bindir
         self.connection = (["-h", host] if host else []) + (["-p", str(port)] if port else [])
 
-    def run(self, program: str, *args: str, stdin: bytes | None = None) -> bytes:
+    def run(self, program: str, *args: str) -> bytes:
         argv = [str(self.bindir / program), *self.connection, *args]
         # PostgreSQL's own programs; names checked against IDENTIFIER by main().
-        done = subprocess.run(argv, input=stdin, capture_output=True, check=False)  # noqa: S603
+        done = subprocess.run(argv, capture_output=True, check=False)  # noqa: S603
         if done.returncode != 0:
             error = done.stderr.decode(errors="replace").strip()
             raise Failure(f"{program} {' '.join(args[:4])}...: {error}")
         return done.stdout
+
+    def pipe(self, producer: list[str], consumer: list[str]) -> None:
+        """Streams one program's output into the other: a dump of any size, no copy held
+        in memory or on disk."""
+        with tempfile.TemporaryFile() as producer_err, tempfile.TemporaryFile() as consumer_err:
+            first = subprocess.Popen(  # noqa: S603
+                [str(self.bindir / producer[0]), *self.connection, *producer[1:]],
+                stdout=subprocess.PIPE,
+                stderr=producer_err,
+            )
+            second = subprocess.Popen(  # noqa: S603
+                [str(self.bindir / consumer[0]), *self.connection, *consumer[1:]],
+                stdin=first.stdout,
+                stdout=subprocess.DEVNULL,
+                stderr=consumer_err,
+            )
+            assert first.stdout is not None
+            first.stdout.close()  # the consumer's end only: the producer sees it exit
+            second.wait()
+            first.wait()
+            errors = []
+            for argv, process, stderr in (
+                (producer, first, producer_err),
+                (consumer, second, consumer_err),
+            ):
+                if process.returncode != 0:
+                    stderr.seek(0)
+                    error = stderr.read().decode(errors="replace").strip()
+                    errors.append(f"{argv[0]} {' '.join(argv[1:5])}...: {error}")
+            if errors:
+                raise Failure("; ".join(errors))
 
     def query(self, database: str, sql: str) -> list[str]:
         out = self.run(
@@ -93,28 +125,29 @@ def split(server: Server, source: str, target: str, role: str, tables: list[str]
             return {"action": "absent", "tables": {}}
         if in_source != set(tables):
             raise Failure(f"{source} holds some of {sorted(tables)} only ({sorted(in_source)})")
-        # Consistent: pg_dump reads every table in one snapshot.
-        dump = server.run(
-            "pg_dump",
-            "--format=custom",
-            "--no-owner",
-            "--no-acl",
-            "-d",
-            source,
-            *(f"--table=public.{name}" for name in tables),
-        )
-        # --role: every object is created by (and so owned by) the service's role;
-        # --single-transaction: a failed restore leaves the target as it was.
-        server.run(
-            "pg_restore",
-            "--no-owner",
-            "--no-acl",
-            f"--role={role}",
-            "--single-transaction",
-            "--exit-on-error",
-            "-d",
-            target,
-            stdin=dump,
+        # Consistent: pg_dump reads every table in one snapshot. --role: every object is
+        # created by (and so owned by) the service's role; --single-transaction: a failed
+        # restore, or a dump cut short, leaves the target as it was.
+        server.pipe(
+            [
+                "pg_dump",
+                "--format=custom",
+                "--no-owner",
+                "--no-acl",
+                "-d",
+                source,
+                *(f"--table=public.{name}" for name in tables),
+            ],
+            [
+                "pg_restore",
+                "--no-owner",
+                "--no-acl",
+                f"--role={role}",
+                "--single-transaction",
+                "--exit-on-error",
+                "-d",
+                target,
+            ],
         )
         action = "copied"
     else:
