@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Iterable
 from importlib import import_module
@@ -148,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         files = env_files_from_environment()  # a deployed service's settings files
         if files:
             apply_env_files(files)
+        # The service's metrics directory is its running master's (RuntimeDirectory, gone
+        # while it is stopped, never there before its first start): a migration run serves
+        # no metrics, and its import of the domains must not need that directory.
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
         url = load_database_settings().database_url()
         owned = owned_tables(load_serving_settings().domains)
     except SettingsError as exc:

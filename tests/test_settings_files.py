@@ -133,3 +133,24 @@ def test_migrations_read_the_settings_files(pg: PostgresServer, tmp_path: Path) 
     result = run_module("app.migrate", env)
     assert result.returncode == 0, result.stderr
     assert "Running upgrade" in result.stderr
+
+
+def test_migrations_run_before_the_service_ever_started(pg: PostgresServer, tmp_path: Path) -> None:
+    """A new service's first deploy migrates before its unit first starts: the metrics
+    directory its settings name (under its RuntimeDirectory) is not there yet."""
+    shared = tmp_path / "app.env"
+    shared.write_text(settings_file(pg.env(pg.create_database())))
+    own = tmp_path / "service-payments.env"
+    own.write_text(
+        settings_file(
+            {
+                "APP_DOMAINS": "payments",
+                "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "not-started" / "metrics"),
+            }
+        )
+    )
+    env = clean_env(**{ENV_FILES_VARIABLE: f"{shared}:{own}"})
+    result = run_module("app.migrate", env)
+    assert result.returncode == 0, result.stderr
+    assert "Running upgrade" in result.stderr
+    assert not (tmp_path / "not-started").exists()
