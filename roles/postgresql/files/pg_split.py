@@ -169,7 +169,8 @@ def split(server: Server, source: str, target: str, role: str, tables: list[str]
         raise Failure(
             f"{target} holds {sorted(tables)} without a row while {source} holds their rows "
             f"(source, target): {counts}: not a copy; the service's migrations made them "
-            "empty before the split. Stop the service, drop them (and alembic_version) in "
+            "empty before the split. Stop the service, drop them (with idempotency_keys and "
+            "alembic_version) in "
             f"{target} once you are sure they are empty, and run again"
         )
     return {"action": action, "tables": counts}
