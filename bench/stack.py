@@ -304,8 +304,33 @@ def loadgen_command(
 ) -> str:
     """The shell command of one run of the host's load generator, its report as JSON;
     ``duration`` is the measured time, after ``warmup``."""
+    return shlex.join(
+        loadgen_argv(
+            f"{REMOTE_DIR}/loadgen",
+            target,
+            args,
+            connections=connections,
+            duration=duration,
+            warmup=warmup,
+            bind=bind,
+        )
+    )
+
+
+def loadgen_argv(
+    binary: str,
+    target: str,
+    args: tuple[str, ...],
+    *,
+    connections: int,
+    duration: float,
+    warmup: float,
+    bind: str | None = None,
+) -> list[str]:
+    """One run of tools/loadgen at ``binary`` (on the host, or built here for a local
+    server: bench/app_cache.py), its report as JSON."""
     command = [
-        f"{REMOTE_DIR}/loadgen",
+        binary,
         "-json",
         "-target",
         target,
@@ -319,7 +344,7 @@ def loadgen_command(
     ]
     if bind:
         command += ["-bind", bind]
-    return shlex.join(command)
+    return command
 
 
 def accounting_script(loadgen: str, warmup: float) -> str:

@@ -22,7 +22,7 @@ from app.core.database import Base
 from app.core.settings import Settings
 from app.core.state import state_of
 from app.main import DEFAULT_DOMAINS, create_app
-from tests.servers import CacheServer, PostgresServer
+from devservers import CacheServer, PostgresServer
 
 
 def server_env(

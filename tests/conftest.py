@@ -11,8 +11,8 @@ from redis.asyncio import Redis
 
 from app.core.settings import Settings
 from app.main import ALL_DOMAINS, load_domains
+from devservers import CacheServer, PostgresServer
 from tests.apps import Api, DomainApp, cache_client, make_settings, running_app
-from tests.servers import CacheServer, PostgresServer
 from tests.stack import Stack, seed_001_settings, single_app
 
 # Every domain's tables on Base.metadata, as app/migrations/env.py has them, whichever

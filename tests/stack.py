@@ -24,8 +24,8 @@ from fastapi import FastAPI
 from app.core.auth import issue_token
 from app.core.settings import Settings
 from app.main import create_app
+from devservers import CacheServer, PostgresServer
 from tests.apps import Api, make_settings
-from tests.servers import CacheServer, PostgresServer
 
 # 64 bytes: long enough for HS512 too (a test signs with it to prove it is refused).
 JWT_SECRET = "test-secret-" + "0123456789abcdef" * 3 + "tail"

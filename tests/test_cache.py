@@ -8,8 +8,8 @@ import json
 from redis.asyncio import Redis
 
 from app.core.settings import Settings
+from devservers import CacheServer, PostgresServer
 from tests.apps import Api, make_settings, running_app
-from tests.servers import CacheServer, PostgresServer
 
 
 async def create_item(api: Api, name: str) -> dict[str, object]:

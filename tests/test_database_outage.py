@@ -28,8 +28,8 @@ from app.core.database import database_unavailable
 from app.core.settings import Settings
 from app.core.state import state_of
 from app.main import create_app
+from devservers import CacheServer, PostgresServer, free_port
 from tests.apps import Api, make_settings, running_app
-from tests.servers import CacheServer, PostgresServer, free_port
 
 ERRORS_LOG = "app.core.errors"
 APPLICATION_NAME = "webstack-app"

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from app.core.cache import CircuitBreaker
+from devservers import CacheServer, PostgresServer, free_port
 from tests.apps import Api, cache_client, make_settings, running_app
-from tests.servers import CacheServer, PostgresServer, free_port
 
 BREAKER_LOG = "app.core.cache"
 

@@ -13,7 +13,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from app.main import create_app
-from tests.servers import CacheServer, PostgresServer
+from devservers import CacheServer, PostgresServer
 from tests.stack import (
     PASSWORD,
     register,

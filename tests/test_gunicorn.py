@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import (
+from devservers import (
     REPO_ROOT,
     CacheServer,
     GunicornServer,

@@ -28,8 +28,8 @@ from sqlalchemy.pool import NullPool
 from app.core.idempotency import purge_expired
 from app.core.settings import DatabaseSettings
 from app.core.state import state_of
+from devservers import CacheServer, GunicornServer, PostgresServer, clean_env
 from tests.apps import Api
-from tests.servers import CacheServer, GunicornServer, PostgresServer, clean_env
 from tests.stack import JWT_SECRET, register
 
 KEY = {"Idempotency-Key": "4f0c1a9e2b7d4c3e8a6f5d2c1b0a9e8f"}  # what nginx's $request_id is

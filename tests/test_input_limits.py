@@ -21,8 +21,8 @@ from app.core.body import MAX_REPORTED
 from app.core.money import Amount, Price
 from app.core.schemas import MAX_TEXT_LENGTH
 from app.main import ALL_DOMAINS
+from devservers import CacheServer, GunicornServer, PostgresServer, clean_env
 from tests.apps import Api, make_settings, running_app
-from tests.servers import CacheServer, GunicornServer, PostgresServer, clean_env
 from tests.stack import PASSWORD, register, seed_001_settings, single_app
 from tests.test_metrics import sample, scrape
 

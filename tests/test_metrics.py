@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from devservers import CacheServer, GunicornServer, PostgresServer, clean_env
 from tests.apps import Api, running_app
-from tests.servers import CacheServer, GunicornServer, PostgresServer, clean_env
 from tests.stack import JWT_SECRET, register, seed_001_settings
 
 

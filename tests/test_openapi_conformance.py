@@ -21,8 +21,8 @@ from schemathesis.python.asgi import get_client, shutdown_lifespans
 
 from app.core.auth import issue_token
 from app.main import create_app
+from devservers import CacheServer, GunicornServer, PostgresServer, clean_env
 from tests.openapi_checks import check_schema, report
-from tests.servers import CacheServer, GunicornServer, PostgresServer, clean_env
 from tests.stack import FAST_HASHES, JWT_SECRET, PASSWORD, SEED_001, seed_001_settings
 
 SERVICES: dict[str, tuple[str, ...]] = {

@@ -19,7 +19,7 @@ import pytest
 from starlette.types import Receive, Scope, Send
 
 from app.main import create_app
-from tests.servers import CacheServer, PostgresServer, free_port
+from devservers import CacheServer, PostgresServer, free_port
 from tests.stack import (
     Stack,
     register,

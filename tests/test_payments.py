@@ -19,8 +19,8 @@ import pytest
 from app.core.auth import SERVICE_AUDIENCE, SERVICE_SUBJECT, issue_service_token
 from app.core.settings import Settings
 from app.payments import processor
+from devservers import CacheServer, PostgresServer
 from tests.apps import Api, DomainApp, running_app
-from tests.servers import CacheServer, PostgresServer
 from tests.stack import JWT_SECRET, Stack, register, seed_001_settings, token_for
 
 ALICE, BOB = 1, 2

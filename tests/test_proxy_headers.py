@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.servers import CacheServer, GunicornServer, PostgresServer, clean_env, free_port
+from devservers import CacheServer, GunicornServer, PostgresServer, clean_env, free_port
 
 CLIENT_IP = "203.0.113.9"
 

@@ -9,8 +9,8 @@ from alembic import command
 
 from app.core.settings import DatabaseSettings
 from app.migrate import alembic_config
+from devservers import REPO_ROOT, CacheServer, GunicornServer, PostgresServer, clean_env
 from tests.apps import make_settings, running_app
-from tests.servers import REPO_ROOT, CacheServer, GunicornServer, PostgresServer, clean_env
 from tests.stack import JWT_SECRET, SEED_001
 from tests.test_startup import run_module, schema_differences
 

@@ -17,7 +17,7 @@ import pytest
 from ansible.errors import AnsibleFilterError
 
 from app.core.settings import ENV_FILES_VARIABLE, apply_env_files, main, read_env_files
-from tests.servers import PostgresServer, app_env_value, clean_env, settings_file
+from devservers import PostgresServer, app_env_value, clean_env, settings_file
 from tests.test_startup import run_module
 
 AWKWARD = [

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from app.core.settings import DOMAIN_NAMES
+from devservers import REPO_ROOT, PostgresServer, clean_env
 from tests.role_plugins import SERVICES, load
-from tests.servers import REPO_ROOT, PostgresServer, clean_env
 from tests.test_startup import run_module
 
 SPLIT = REPO_ROOT / "roles/postgresql/files/pg_split.py"

@@ -15,8 +15,8 @@ from sqlalchemy.pool import NullPool
 from app.core.database import Base
 from app.core.settings import DOMAIN_NAMES
 from app.migrate import owned_tables
+from devservers import REPO_ROOT, CacheServer, PostgresServer, clean_env
 from tests.apps import make_settings, running_app, server_env
-from tests.servers import REPO_ROOT, CacheServer, PostgresServer, clean_env
 
 
 def run_module(module: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

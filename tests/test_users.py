@@ -14,8 +14,8 @@ import pytest
 
 from app.core.settings import Settings
 from app.core.state import state_of
+from devservers import CacheServer, PostgresServer
 from tests.apps import Api, DomainApp, running_app
-from tests.servers import CacheServer, PostgresServer
 from tests.stack import JWT_SECRET, seed_001_settings
 
 PASSWORD = "Correct horse 1"

@@ -1,6 +1,7 @@
-"""Real PostgreSQL and Valkey (or Redis) servers in a temporary directory, for tests and benches.
+"""Real PostgreSQL, Valkey (or Redis) and Gunicorn servers in a temporary directory, for the
+tests (tests/) and the benchmarks (bench/) alike.
 
-Both are started from the system's binaries (Debian: ``apt-get install postgresql
+The databases are started from the system's binaries (Debian: ``apt-get install postgresql
 redis-server``, or ``valkey-server`` where it is packaged) on free loopback ports, and
 removed with their directory on :meth:`stop`. PostgreSQL refuses to run as root, so when
 the euid is 0 its processes run as the ``postgres`` system user, which owns the directory.
@@ -343,7 +344,7 @@ class CacheServer:
         }
 
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parent
 
 
 def _role_filter(role: str, plugin: str, name: str) -> Any:
