@@ -235,9 +235,12 @@ def rows_query(tables: list[str]) -> str:
     (task,) = (
         t for check in tasks for t in check.get("block", []) if "rows in the shared" in t["name"]
     )
-    query = task["community.postgresql.postgresql_query"]["query"]
-    array = "ARRAY[" + ",".join(f"'{t}'" for t in tables) + "]::text[]"
-    return query.replace("%(tables)s", array).replace("%%", "%")
+    module = task["community.postgresql.postgresql_query"]
+    # The names go joined, as text: the module would send a list as the text of its Python
+    # form ({'users'}), which PostgreSQL reads as one name with quotes in it.
+    assert module["named_args"]["tables"].replace(" ", "").endswith("|join(',')}}")
+    joined = "'" + ",".join(tables) + "'"
+    return module["query"].replace("%(tables)s", joined).replace("%%", "%")
 
 
 def test_the_check_finds_the_tables_with_rows_in_the_shared_database(
