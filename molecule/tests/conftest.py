@@ -82,6 +82,18 @@ def secret():
     return read
 
 
+@pytest.fixture(scope="session")
+def db_password(secret):
+    """A service's database password, from the file the sandbox inventory generates for it
+    (inventories/sandbox/group_vars/all/main.yml): the app service's role, appuser, keeps
+    the file it had before each service had its own."""
+
+    def read(service: str) -> str:
+        return secret("postgresql_app_password" if service == "app" else f"db_password_{service}")
+
+    return read
+
+
 # The collector's file sink (roles/otelcol): each batch of spans one line of OTLP JSON in
 # <otelcol_file_dir>/traces.jsonl, rotated to traces-<time>-size.jsonl beside it.
 OTELCOL = role_defaults("otelcol")

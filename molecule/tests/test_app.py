@@ -51,16 +51,14 @@ def test_create_and_read_an_item(host):
     assert json.loads(body)["name"] == name
 
 
-def test_settings_file_is_private(host, secret):
+def test_settings_file_is_private(host, secret, db_password):
     with host.sudo():
         env = host.file("/etc/webstack/service-app.env")
         assert (env.user, env.group, env.mode) == ("root", "webstack-app", 0o640)
-    assert read_settings(host, "/etc/webstack/service-app.env")["APP_DB_PASS"] == secret(
-        "db_password_app"
-    )
+    assert read_settings(host, "/etc/webstack/service-app.env")["APP_DB_PASS"] == db_password("app")
     with host.sudo():
         processes = host.check_output("ps -eo args")
-    assert secret("db_password_app") not in processes
+    assert db_password("app") not in processes
     assert secret("valkey_password") not in processes
 
 
@@ -84,12 +82,12 @@ def test_the_release_in_service_is_recorded_and_reported(host):
     assert json.loads(body)["release"] == release
 
 
-def test_migrations_ran_once_and_workers_do_not_create_schema(host, secret):
+def test_migrations_ran_once_and_workers_do_not_create_schema(host, db_password):
     with host.sudo():
         env = host.file("/etc/webstack/app.env").content_string
     assert "APP_DB_CREATE_SCHEMA=false" in env
     query = shlex.quote("SELECT version_num FROM alembic_version")
-    password = shlex.quote(secret("db_password_app"))
+    password = shlex.quote(db_password("app"))
     version = host.check_output(
         f"PGPASSWORD={password} psql -h 127.0.0.1 -U appuser -d appdb -XAtc {query}"
     )

@@ -42,7 +42,7 @@ def test_each_service_runs_as_its_own_user(host, service):
 
 
 @pytest.mark.parametrize("service", SERVICES)
-def test_each_settings_file_is_readable_by_its_service_only(host, service, secret):
+def test_each_settings_file_is_readable_by_its_service_only(host, service, db_password):
     path = f"/etc/webstack/service-{service}.env"
     with host.sudo():
         env = host.file(path)
@@ -56,7 +56,7 @@ def test_each_settings_file_is_readable_by_its_service_only(host, service, secre
     settings = read_settings(host, path)
     database, role, secrets = SERVICES[service]
     assert (settings["APP_DB_NAME"], settings["APP_DB_USER"]) == (database, role)
-    assert settings["APP_DB_PASS"] == secret(f"db_password_{service}")
+    assert settings["APP_DB_PASS"] == db_password(service)
     # The cache password and the token secret only where its domains use them.
     assert SECRETS & set(settings) == secrets | {"APP_DB_PASS"}
 
@@ -70,9 +70,9 @@ def test_the_shared_settings_file_holds_no_secret(host):
 
 
 @pytest.mark.parametrize("service", SERVICES)
-def test_each_role_reaches_its_own_database(host, service, secret):
+def test_each_role_reaches_its_own_database(host, service, db_password):
     database, role, _ = SERVICES[service]
-    result = psql(host, role, secret(f"db_password_{service}"), database)
+    result = psql(host, role, db_password(service), database)
     assert result.rc == 0, result.stderr
     assert result.stdout.strip() == role
     owner = as_postgres(
@@ -82,10 +82,10 @@ def test_each_role_reaches_its_own_database(host, service, secret):
 
 
 @pytest.mark.parametrize(("service", "other"), OTHERS)
-def test_no_role_reaches_another_services_database(host, service, other, secret):
+def test_no_role_reaches_another_services_database(host, service, other, db_password):
     _, role, _ = SERVICES[service]
     database = SERVICES[other][0]
-    result = psql(host, role, secret(f"db_password_{service}"), database)
+    result = psql(host, role, db_password(service), database)
     assert result.rc != 0, f"{role} connected to {database}"
     assert "no pg_hba.conf entry" in result.stderr, result.stderr
     # Behind pg_hba.conf, the database itself refuses it too (CONNECT only for its owner).

@@ -33,15 +33,15 @@ def test_server_is_version_18(host):
     assert version.startswith("18")
 
 
-def test_app_user_logs_in_over_tcp(host, secret):
-    result = psql_tcp(host, "appuser", secret("db_password_app"), "SELECT current_user")
+def test_app_user_logs_in_over_tcp(host, db_password):
+    result = psql_tcp(host, "appuser", db_password("app"), "SELECT current_user")
     assert result.rc == 0, result.stderr
     assert result.stdout.strip() == "appuser"
 
 
-def test_app_user_can_create_tables(host, secret):
+def test_app_user_can_create_tables(host, db_password):
     sql = "CREATE TABLE verify_probe (id int); DROP TABLE verify_probe; SELECT 'ok'"
-    result = psql_tcp(host, "appuser", secret("db_password_app"), sql)
+    result = psql_tcp(host, "appuser", db_password("app"), sql)
     assert result.rc == 0, result.stderr
 
 
@@ -149,7 +149,7 @@ def live_state(host) -> tuple[str, str, str]:
         )
 
 
-def test_an_invalid_setting_fails_the_play_and_changes_nothing(host, secret):
+def test_an_invalid_setting_fails_the_play_and_changes_nothing(host, db_password):
     before = live_state(host)
     result = deploy(host, {"postgresql_extra_settings": {"work_mem": "4XB"}})
     assert result.returncode != 0
@@ -157,17 +157,17 @@ def test_an_invalid_setting_fails_the_play_and_changes_nothing(host, secret):
     assert "Change postgresql_extra_settings.work_mem" in result.stdout
     assert live_state(host) == before, "the live file or the server changed"
     sql = "SELECT current_setting('work_mem')"
-    assert psql_tcp(host, "appuser", secret("db_password_app"), sql).rc == 0
+    assert psql_tcp(host, "appuser", db_password("app"), sql).rc == 0
 
 
-def test_a_bad_hba_line_fails_the_play_and_changes_nothing(host, secret):
+def test_a_bad_hba_line_fails_the_play_and_changes_nothing(host, db_password):
     before = live_state(host)
     bad = "host all all 10.0.0.0/33 scram-sha-256"
     result = deploy(host, {"postgresql_hba_extra_rules": [bad]})
     assert result.returncode != 0
     assert 'invalid CIDR mask in address "10.0.0.0/33"' in result.stdout
     assert live_state(host) == before, "the live file or the server changed"
-    assert psql_tcp(host, "appuser", secret("db_password_app")).rc == 0
+    assert psql_tcp(host, "appuser", db_password("app")).rc == 0
 
 
 def current(host, name: str) -> str:

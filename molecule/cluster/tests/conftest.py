@@ -76,3 +76,15 @@ def secret():
         return (secrets / name).read_text().split()[0]
 
     return read
+
+
+@pytest.fixture(scope="session")
+def db_password(secret):
+    """A service's database password, from the file the sandbox inventory generates for it
+    (inventories/sandbox/group_vars/all/main.yml): the app service's role, appuser, keeps
+    the file it had before each service had its own."""
+
+    def read(service: str) -> str:
+        return secret("postgresql_app_password" if service == "app" else f"db_password_{service}")
+
+    return read

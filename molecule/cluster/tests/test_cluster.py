@@ -152,17 +152,17 @@ def _pg_login(host, db: str, user: str, database: str, password: str):
     )
 
 
-def test_the_app_user_logs_in_from_an_app_host(hosts, secret):
+def test_the_app_user_logs_in_from_an_app_host(hosts, db_password):
     db = address(hosts["db1"])
-    result = _pg_login(hosts["app3"], db, "appuser", "appdb", secret("db_password_app"))
+    result = _pg_login(hosts["app3"], db, "appuser", "appdb", db_password("app"))
     assert result.rc == 0, result.stderr
     assert result.stdout.strip() == "1"
 
 
-def test_a_service_role_reaches_its_own_database_only(hosts, secret):
+def test_a_service_role_reaches_its_own_database_only(hosts, db_password):
     """user_user with its own password: user_db from an app host, never appdb or order_db."""
     db = address(hosts["db1"])
-    password = secret("db_password_users")
+    password = db_password("users")
     assert _pg_login(hosts["app1"], db, "user_user", "user_db", password).rc == 0
     for database in ("appdb", "order_db"):
         result = _pg_login(hosts["app1"], db, "user_user", database, password)
