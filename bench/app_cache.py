@@ -102,12 +102,12 @@ def measure(scenario: Scenario, args: argparse.Namespace, loadgen: Path) -> None
     time, and counts every failure (it never retries)."""
     assert scenario.server is not None
     argv = loadgen_argv(
-        str(loadgen),
         f"unix:{scenario.server.socket}",
         ("-path", scenario.path, *PROXY_HEADERS),
         connections=args.connections,
         duration=args.duration,
         warmup=args.warmup,
+        binary=str(loadgen),
     )
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import shutil
 import sys
 import tempfile
@@ -39,7 +40,7 @@ from bench.stack import (
     add_host_arguments,
     build_loadgen,
     endpoints,
-    loadgen_command,
+    loadgen_argv,
 )
 
 SVG_DEFAULT = Path(__file__).resolve().parent.parent / "docs" / "profile-cached-get.svg"
@@ -183,12 +184,14 @@ def main() -> int:
         host.run(f"install -D -m 0755 /dev/stdin {REMOTE_DIR}/py-spy", stdin=spy.read_bytes())
         items = bench.seed_items()
         pid = worker_pid(host, options.unit)
-        loadgen = loadgen_command(
-            "http://127.0.0.1:8080",
-            endpoints(items)[0].args,  # the cached GET, as bench/stack.py sends it
-            connections=options.connections,
-            duration=options.warmup + options.seconds + 3,
-            warmup=options.warmup,
+        loadgen = shlex.join(
+            loadgen_argv(
+                "http://127.0.0.1:8080",
+                endpoints(items)[0].args,  # the cached GET, as bench/stack.py sends it
+                connections=options.connections,
+                duration=options.warmup + options.seconds + 3,
+                warmup=options.warmup,
+            )
         )
         output = host.run(profile_script(loadgen, pid, options.warmup, options.seconds))
         report_text, _, folded = output.partition("\n---\n")

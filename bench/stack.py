@@ -287,38 +287,15 @@ rm -rf {SECRETS_DIR}
         warmup: float,
         bind: str | None = None,
     ) -> LoadResult:
-        command = loadgen_command(
-            target, args, connections=connections, duration=duration, warmup=warmup, bind=bind
+        command = shlex.join(
+            loadgen_argv(
+                target, args, connections=connections, duration=duration, warmup=warmup, bind=bind
+            )
         )
         return accounted(self.host.run(accounting_script(command, warmup)))
 
 
-def loadgen_command(
-    target: str,
-    args: tuple[str, ...],
-    *,
-    connections: int,
-    duration: float,
-    warmup: float,
-    bind: str | None = None,
-) -> str:
-    """The shell command of one run of the host's load generator, its report as JSON;
-    ``duration`` is the measured time, after ``warmup``."""
-    return shlex.join(
-        loadgen_argv(
-            f"{REMOTE_DIR}/loadgen",
-            target,
-            args,
-            connections=connections,
-            duration=duration,
-            warmup=warmup,
-            bind=bind,
-        )
-    )
-
-
 def loadgen_argv(
-    binary: str,
     target: str,
     args: tuple[str, ...],
     *,
@@ -326,9 +303,11 @@ def loadgen_argv(
     duration: float,
     warmup: float,
     bind: str | None = None,
+    binary: str = f"{REMOTE_DIR}/loadgen",
 ) -> list[str]:
-    """One run of tools/loadgen at ``binary`` (on the host, or built here for a local
-    server: bench/app_cache.py), its report as JSON."""
+    """One run of tools/loadgen, its report as JSON; ``duration`` is the measured time,
+    after ``warmup``. ``binary`` is the host's copy unless given (bench/app_cache.py runs
+    one built here against local servers)."""
     command = [
         binary,
         "-json",
