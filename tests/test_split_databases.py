@@ -43,6 +43,20 @@ def service_database(pg: PostgresServer, name: str) -> tuple[str, str, str]:
     return role, database, password
 
 
+def service_env(
+    pg: PostgresServer, role: str, password: str, database: str, domains: str
+) -> dict[str, str]:
+    """A service's settings, as its own role on its own database (what roles/app writes)."""
+    return clean_env(
+        APP_DB_USER=role,
+        APP_DB_PASS=password,
+        APP_DB_HOST=pg.host,
+        APP_DB_PORT=str(pg.port),
+        APP_DB_NAME=database,
+        APP_DOMAINS=domains,
+    )
+
+
 @pytest.fixture
 def shared(pg: PostgresServer) -> str:
     """A database every service shared, at the newest revision, with rows of each."""
@@ -88,14 +102,7 @@ def test_a_service_table_moves_to_its_own_database_once(pg: PostgresServer, shar
     assert pg.psql("SELECT count(*) FROM users", target).strip() == "25"
 
     # The service's own migrations adopt the copy (0002) and add what 0003 adds for it.
-    env = clean_env(
-        APP_DB_USER=role,
-        APP_DB_PASS=password,
-        APP_DB_HOST=pg.host,
-        APP_DB_PORT=str(pg.port),
-        APP_DB_NAME=target,
-        APP_DOMAINS="users",
-    )
+    env = service_env(pg, role, password, target, "users")
     migrated = run_module("app.migrate", env)
     assert migrated.returncode == 0, migrated.stderr
     assert "stamping revision 0002" in migrated.stderr
@@ -256,14 +263,7 @@ def test_empty_tables_in_the_target_are_not_taken_for_a_copy(
 ) -> None:
     # site.yml before the split: the service's migrations made its tables, empty.
     role, target, password = service_database(pg, "t5users")
-    env = clean_env(
-        APP_DB_USER=role,
-        APP_DB_PASS=password,
-        APP_DB_HOST=pg.host,
-        APP_DB_PORT=str(pg.port),
-        APP_DB_NAME=target,
-        APP_DOMAINS="users",
-    )
+    env = service_env(pg, role, password, target, "users")
     assert run_module("app.migrate", env).returncode == 0
     result = split(pg, shared, target, role, "users")
     assert result.returncode == 1
