@@ -500,6 +500,14 @@ def test_a_stopped_service_fires_its_alert_at_the_webhook(site, host):
 
 # --- Bad input: refused before Prometheus changes ----------------------------------------
 
+# The role refuses bad input on the Prometheus host before anything changes, whatever the
+# topology: the single-host scenario proves it, and the cluster (where this file also runs)
+# spends its time on what only several hosts show.
+input_checks = pytest.mark.skipif(
+    os.environ.get("MOLECULE_SCENARIO_NAME", "default") != "default",
+    reason="bad input is refused the same on any topology; the default scenario checks it",
+)
+
 
 def run_playbook(*extra: str) -> subprocess.CompletedProcess[str]:
     project = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
@@ -526,6 +534,7 @@ def loaded(prometheus) -> tuple[Any, Any]:
     return reload["result"][0]["value"][1], rules
 
 
+@input_checks
 def test_a_broken_rule_fails_the_play_and_prometheus_keeps_its_rules(host, prometheus):
     before = loaded(prometheus)
     with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as bad:
@@ -546,6 +555,7 @@ def test_a_broken_rule_fails_the_play_and_prometheus_keeps_its_rules(host, prome
     assert loaded(prometheus) == before
 
 
+@input_checks
 def test_a_missing_dashboard_password_stops_the_play_at_its_start(host, prometheus):
     before = loaded(prometheus)
     run = run_playbook('--extra-vars={"prometheus_web_password": ""}')
