@@ -83,7 +83,10 @@ build_pebble() {
 
 sync_python_deps() {
   say "uv sync (app, dev and deploy tooling from uv.lock)"
-  (cd "$REPO_DIR" && uv sync --locked --quiet)
+  # --compile-bytecode: with PYTHONDONTWRITEBYTECODE set (as on some CI machines), nothing
+  # would ever be cached, and every ansible-playbook, molecule and test process would compile
+  # all it imports from source again. Files already compiled are skipped.
+  (cd "$REPO_DIR" && uv sync --locked --quiet --compile-bytecode)
   export PATH="$REPO_DIR/.venv/bin:$PATH"
 }
 
