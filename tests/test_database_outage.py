@@ -377,20 +377,30 @@ async def test_postgres_stopped_restarted_and_killed_under_load(
                 if response.status_code == 503:
                     await asyncio.sleep(0.02)  # as a client honouring Retry-After would, faster
 
+        def served_since(moment: float) -> int:
+            return sum(1 for when, status, _ in answers if when > moment and status < 300)
+
+        async def serving(since: float, count: int) -> None:
+            """Until ``count`` successes since ``since``: counted, not timed, so a slow
+            machine waits longer instead of failing the counts below."""
+            while served_since(since) < count:
+                assert time.monotonic() - since < 60, f"{served_since(since)} of {count}"
+                await asyncio.sleep(0.05)
+
         workers = [asyncio.create_task(load(n)) for n in range(8)]
         recoveries: list[float] = []
         try:
-            await asyncio.sleep(0.5)
+            await serving(time.monotonic(), 40)
             for how in (signal.SIGINT, signal.SIGQUIT, signal.SIGKILL):
                 await asyncio.to_thread(own_pg.halt, how)
                 await asyncio.sleep(1.0)  # down: every request fails meanwhile
                 await asyncio.to_thread(own_pg.restart)
                 back = time.monotonic()
-                while not any(when > back and status < 300 for when, status, _ in answers):
+                while not served_since(back):
                     assert time.monotonic() - back < 10, f"no success after {how.name}"
                     await asyncio.sleep(0.05)
                 recoveries.append(time.monotonic() - back)
-                await asyncio.sleep(0.5)
+                await serving(back, 40)
         finally:
             stop.set()
             await asyncio.gather(*workers)
@@ -406,7 +416,7 @@ async def test_postgres_stopped_restarted_and_killed_under_load(
     )
     assert set(statuses) <= {200, 201, 503}, statuses
     assert statuses[503] > 10  # the outages were seen...
-    assert statuses[200] > 100 and statuses[201] > 10  # ... and so was the service
+    assert statuses[200] + statuses[201] >= 160 and statuses[201] > 10  # ... and the service
     assert all(retry for _, status, retry in answers if status == 503)
     assert max(recoveries) < 5
     # The outage is logged, not every request it failed.

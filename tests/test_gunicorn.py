@@ -102,17 +102,25 @@ async def test_reload_drops_no_request(gunicorn: Gunicorn) -> None:
                 latencies.append(time.perf_counter() - started)
                 statuses.append(response.status_code)
 
+    async def answers(more: int) -> None:
+        """Until ``more`` answers came in: counted, not timed, so a slow machine waits longer."""
+        target = len(statuses) + more
+        deadline = time.monotonic() + 60
+        while len(statuses) < target:
+            assert time.monotonic() < deadline, f"{len(statuses)} answers, waiting for {target}"
+            await asyncio.sleep(0.02)
+
     clients = [asyncio.create_task(load()) for _ in range(4)]
-    await asyncio.sleep(0.3)
+    await answers(20)
     # Plain uvicorn workers dropped a few requests in every few reloads; three catch that.
     for reload in range(1, 4):
         gunicorn.process.send_signal(signal.SIGHUP)
         await asyncio.to_thread(gunicorn.wait_for_workers, 2 * (reload + 1))
-        await asyncio.sleep(0.3)
+        await answers(20)
     stop.set()
     await asyncio.gather(*clients)
     print(f"{len(statuses)} requests over 3 reloads, slowest {max(latencies):.2f}s")
-    assert len(statuses) > 100
+    assert len(statuses) >= 80
     assert set(statuses) == {200}
     assert gunicorn.stop() == 0
 

@@ -208,15 +208,24 @@ async def test_json_nested_past_the_limit_is_422_before_parsing(everything: Api)
 
 
 async def test_a_hostile_nested_body_is_refused_in_milliseconds(everything: Api) -> None:
-    timings = []
+    timings, cheap = [], []
     for body in (b"[" * 65536, b'{"a":' * 13107, nested(30000, b"")):
+        # Each beside a cheap request, so that a machine busy with other work slows both.
+        started = time.perf_counter()
+        assert (await everything.client.get("/health")).status_code == 200
+        cheap.append(time.perf_counter() - started)
         started = time.perf_counter()
         response = await post(everything, "/api/items", body[:65536])
         timings.append(time.perf_counter() - started)
         assert response.status_code == 422
         assert response.json()["detail"][0]["type"] == "json_too_deep"
-    print(f"64 KiB nested bodies refused in {', '.join(f'{t * 1000:.2f}' for t in timings)} ms")
-    assert max(timings) < 0.1, timings
+    print(
+        f"64 KiB nested bodies refused in {', '.join(f'{t * 1000:.2f}' for t in timings)} ms "
+        f"(/health beside them {', '.join(f'{t * 1000:.2f}' for t in cheap)} ms)"
+    )
+    # Parsing such a body took seconds before the depth limit; refusing it costs about what
+    # /health does.
+    assert max(t - c for t, c in zip(timings, cheap, strict=True)) < 0.1, (timings, cheap)
 
 
 async def test_a_body_over_the_limit_is_413_before_it_is_read(everything: Api) -> None:
@@ -370,9 +379,10 @@ async def test_a_worker_refusing_hostile_bodies_keeps_answering(
                 await asyncio.sleep(0.005)
             return latencies
 
-        quiet = await health_latencies(100)
-        alone = []
+        # In turn, so that whatever else slows the machine slows both alike.
+        quiet, alone = [], []
         for _ in range(50):
+            quiet += await health_latencies(1)
             started = time.perf_counter()
             response = await client.post("/api/items", content=hostile[0][0], headers=JSON)
             alone.append(time.perf_counter() - started)
@@ -425,11 +435,14 @@ async def test_a_worker_refusing_hostile_bodies_keeps_answering(
     assert statuses == {413, 422}
     assert sent > 100
     # Bounds with room for a loaded 2-core machine: before, one such body held a worker
-    # for over a second. Refusing a 64 KiB body costs about what /health does ...
-    assert statistics.median(alone) < statistics.median(quiet) + 0.02, figures
-    # ... and a request behind the refusals waits for a few of them, not for seconds.
-    assert statistics.median(busy) < statistics.median(quiet) + 0.05, figures
-    assert max(busy) < 1.0, figures
+    # for over a second. Refusing a 64 KiB body costs about what /health does (the pairs'
+    # difference) ...
+    assert statistics.median(a - q for q, a in zip(quiet, alone, strict=True)) < 0.02, figures
+    # ... and a request behind the refusals waits for a few of them, not for seconds (one
+    # body holding the worker that long would hold most of these; a single slow one is the
+    # machine's doing).
+    assert statistics.median(busy) < 0.25, figures
+    assert percentile(busy, 0.9) < 0.5, figures
 
 
 @pytest.mark.parametrize("amount", ["1e2", " 5", "+5", "5.000", "1.", "0x10", "1_000"])
