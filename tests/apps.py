@@ -5,8 +5,11 @@ The fixtures that use these are in conftest.py; tests/stack.py runs apps on sock
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -100,3 +103,22 @@ async def cache_client(cache: CacheServer, db: int = 0) -> AsyncIterator[Redis]:
 
 # What the ``domain_app`` fixture gives (conftest.py): ``domain_app("users", **settings)``.
 DomainApp = Callable[..., AbstractAsyncContextManager[Api]]
+
+
+async def until(
+    condition: Callable[[], bool | Awaitable[bool]], seconds: float = 20, what: str = "it"
+) -> None:
+    """Poll ``condition`` (plain or async) until it holds; fail after ``seconds``.
+
+    What a test waits for is counted or observed, not slept for: a slow machine then waits
+    longer instead of failing the figures that follow.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        held = condition()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return
+        assert time.monotonic() < deadline, f"timed out after {seconds} s waiting for {what}"
+        await asyncio.sleep(0.02)

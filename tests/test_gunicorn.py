@@ -24,6 +24,7 @@ from devservers import (
     clean_env,
     settings_file,
 )
+from tests.apps import until
 
 CLIENT_IP = "203.0.113.7"
 
@@ -103,12 +104,8 @@ async def test_reload_drops_no_request(gunicorn: Gunicorn) -> None:
                 statuses.append(response.status_code)
 
     async def answers(more: int) -> None:
-        """Until ``more`` answers came in: counted, not timed, so a slow machine waits longer."""
         target = len(statuses) + more
-        deadline = time.monotonic() + 60
-        while len(statuses) < target:
-            assert time.monotonic() < deadline, f"{len(statuses)} answers, waiting for {target}"
-            await asyncio.sleep(0.02)
+        await until(lambda: len(statuses) >= target, 60, f"{target} answers")
 
     clients = [asyncio.create_task(load()) for _ in range(4)]
     await answers(20)

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from app.core.idempotency import purge_expired
 from app.core.settings import DatabaseSettings
 from app.core.state import state_of
 from devservers import CacheServer, GunicornServer, PostgresServer, clean_env
-from tests.apps import Api
+from tests.apps import Api, until
 from tests.stack import JWT_SECRET, register
 
 KEY = {"Idempotency-Key": "4f0c1a9e2b7d4c3e8a6f5d2c1b0a9e8f"}  # what nginx's $request_id is
@@ -182,13 +181,6 @@ class Db:
                 yield
             finally:
                 await conn.rollback()
-
-
-async def until(condition: Callable[[], Awaitable[bool]], seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while not await condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
 
 
 def waiting(db: Db, kind: str) -> Callable[[], Awaitable[bool]]:
