@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Open new connections to nginx without pause and count every one that fails.
+"""Open new connections to nginx and count every one that fails.
 
 Runs on the test host (stdlib only) as a transient unit while the side effect upgrades
 nginx, so a refused connection during the switch from one master to the next is counted,
 not missed. Each of --clients threads loops: connect (a new TCP connection each time, the
 way the issue's figure of 241 refused connections was measured), optionally TLS, send
-``GET --path`` with ``Connection: close``, read the whole answer. Until SIGTERM, or
---seconds. The tally goes to --out as JSON:
+``GET --path`` with ``Connection: close``, read the whole answer. --rate paces the clients
+together (connections a second, evenly spaced; a late one goes at once, without a burst to
+catch up); 0 sends without pause. Until SIGTERM, or --seconds. The tally goes to --out as
+JSON:
 
   {"requests": N, "ok": N, "refused": N, "reset": N, "timeout": N, "other": N,
    "statuses": {"200": N}, "by_target": {...}, "first_errors": [...]}
@@ -87,11 +89,39 @@ def one_request(target: str, path: str, timeout: float, source: str) -> tuple[st
         raw.close()
 
 
+class Pacer:
+    """The clients' shared schedule: one start every 1/rate seconds (rate 0: no pause)."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1 / rate if rate > 0 else 0.0
+        self.next = time.monotonic()
+        self.lock = threading.Lock()
+
+    def wait(self) -> None:
+        if not self.interval:
+            return
+        with self.lock:
+            now = time.monotonic()
+            # Behind by more than one interval (a slow answer): start from now, no burst.
+            self.next = max(self.next + self.interval, now)
+            slot = self.next
+        STOP.wait(max(0.0, slot - now))
+
+
 def client(
-    targets: list[str], path: str, timeout: float, source: str, deadline: float, tally: dict
+    targets: list[str],
+    path: str,
+    timeout: float,
+    source: str,
+    deadline: float,
+    pacer: Pacer,
+    tally: dict,
 ) -> None:
     index = 0
     while not STOP.is_set() and time.monotonic() < deadline:
+        pacer.wait()
+        if STOP.is_set():
+            break
         target = targets[index % len(targets)]
         index += 1
         outcome, status = one_request(target, path, timeout, source)
@@ -121,6 +151,9 @@ def main() -> None:
     )
     parser.add_argument("--path", default="/")
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument(
+        "--rate", type=float, default=0, help="connections a second, all clients (0: no pause)"
+    )
     parser.add_argument("--seconds", type=float, default=600)
     parser.add_argument("--timeout", type=float, default=10)
     parser.add_argument("--source", default="", help="local address to connect from")
@@ -138,10 +171,11 @@ def main() -> None:
     }
     started = time.monotonic()
     deadline = started + args.seconds
+    pacer = Pacer(args.rate)
     threads = [
         threading.Thread(
             target=client,
-            args=(args.target, args.path, args.timeout, args.source, deadline, tally),
+            args=(args.target, args.path, args.timeout, args.source, deadline, pacer, tally),
         )
         for _ in range(args.clients)
     ]
