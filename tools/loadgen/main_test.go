@@ -2,11 +2,14 @@ package main
 
 import (
 	"bufio"
+	"encoding/json"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,7 +19,7 @@ import (
 
 func mustParse(t *testing.T, args ...string) config {
 	t.Helper()
-	cfg, _, _, err := parseFlags(args)
+	cfg, _, err := parseFlags(args)
 	if err != nil {
 		t.Fatalf("parseFlags(%v): %v", args, err)
 	}
@@ -200,9 +203,17 @@ func TestBadFlagsAreRefused(t *testing.T) {
 		{"-c", "0"},
 		{"-path", "api/items"},
 		{"-header", "no colon"},
+		{"-target", "https://localhost"},
+		{"-rate", "-1"},
+		{"-d", "-1s"},
+		{"-request", "GET api/items"},
+		{"-request", "get /api/items"},
+		{"-request", "/api/items"},
+		{"-request", "GET /a", "-path", "/b"},
+		{"-request", "GET /items/{id}"},
 		{"stray"},
 	} {
-		if _, _, _, err := parseFlags(args); err == nil {
+		if _, _, err := parseFlags(args); err == nil {
 			t.Errorf("parseFlags(%v) accepted bad input", args)
 		}
 	}
@@ -221,5 +232,182 @@ func TestPercentileIsNearestRank(t *testing.T) {
 	}
 	if got := percentile(nil, 0.99); got != 0 {
 		t.Errorf("empty p99 = %v, want 0", got)
+	}
+}
+
+// okServer answers every request with 200 and counts them.
+func okServer(t *testing.T) (*httptest.Server, *atomic.Int64) {
+	t.Helper()
+	var hits atomic.Int64
+	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		w.Write([]byte("ok"))
+	}))
+	t.Cleanup(server.Close)
+	return server, &hits
+}
+
+func TestRatePacesAllConnectionsTogether(t *testing.T) {
+	server, hits := okServer(t)
+
+	report := run(mustParse(t, "-target", tcpTarget(server), "-c", "4", "-rate", "40", "-d", "1s",
+		"-warmup", "0s"))
+
+	// 40 a second for a second, whatever the number of connections; unpaced it would be
+	// thousands.
+	if n := hits.Load(); n < 25 || n > 50 || report.ErrorsTotal != 0 {
+		t.Fatalf("want about 40 requests, got %d (%+v)", n, report)
+	}
+}
+
+func TestRunsUntilStoppedAndReportsTheTimeItRan(t *testing.T) {
+	server, _ := okServer(t)
+	stop := make(chan struct{})
+	time.AfterFunc(300*time.Millisecond, func() { close(stop) })
+
+	report := runUntil(mustParse(t, "-target", tcpTarget(server), "-c", "2", "-rate", "100", "-d", "0",
+		"-warmup", "0s"), stop)
+
+	if report.Seconds < 0.2 || report.Seconds > 1 || report.Finished-report.Started < 0.2 {
+		t.Fatalf("want a run of about 0.3 s, got %+v", report)
+	}
+	if report.Requests == 0 || report.Requests != report.Answers || report.Failures != 0 {
+		t.Fatalf("want every answer measured and none failed, got %+v", report)
+	}
+}
+
+func TestCloseOpensAConnectionPerRequestAndCountsRefusalsByTarget(t *testing.T) {
+	server, hits := okServer(t)
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refusing := "http://" + closed.Addr().String()
+	closed.Close() // nothing listens there any more: connections are refused
+
+	report := run(mustParse(t, "-target", tcpTarget(server), "-target", refusing, "-close",
+		"-c", "2", "-rate", "200", "-d", "300ms", "-warmup", "0s"))
+
+	live := report.ByTarget[tcpTarget(server)]
+	if live["200"] == 0 || live["200"] != hits.Load() || report.Reconnects != report.Answers {
+		t.Fatalf("want one connection per answered request, got %+v (hits %d)", report, hits.Load())
+	}
+	if report.Errors["refused"] == 0 || report.ByTarget[refusing]["refused"] != report.Errors["refused"] {
+		t.Fatalf("want the refused connections counted against their target, got %+v", report)
+	}
+	if len(report.FirstFailures) == 0 || report.FirstFailures[0].What != "refused" {
+		t.Fatalf("want the refusals among the first failures, got %+v", report.FirstFailures)
+	}
+	if report.Failures != report.ErrorsTotal {
+		t.Fatalf("failures %d, want the %d errors", report.Failures, report.ErrorsTotal)
+	}
+}
+
+// A server that answers one request on each connection, keeps it open, then closes it
+// without reading the next: what nginx does to an idle connection on a reload.
+func closesAfterOneAnswer(conn net.Conn) {
+	defer conn.Close()
+	in := bufio.NewReader(conn)
+	for {
+		line, err := in.ReadString('\n')
+		if err != nil {
+			return
+		}
+		if line == "\r\n" {
+			break
+		}
+	}
+	conn.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+	time.Sleep(20 * time.Millisecond) // the client's next request is on its way
+}
+
+func TestResendOnlyWhatAClosedKeptAliveConnectionNeverAnswered(t *testing.T) {
+	target := rawServer(t, closesAfterOneAnswer)
+
+	plain := run(mustParse(t, "-target", target, "-c", "2", "-d", "300ms", "-warmup", "0s"))
+	if plain.Errors["closed"] == 0 || plain.Resent != 0 {
+		t.Fatalf("without -resend-unanswered every such request is an error, got %+v", plain)
+	}
+
+	resending := run(mustParse(t, "-target", target, "-c", "2", "-d", "300ms", "-warmup", "0s",
+		"-resend-unanswered"))
+	if resending.ErrorsTotal != 0 || resending.Resent == 0 || resending.Answers == 0 {
+		t.Fatalf("want the unanswered requests resent and counted apart, got %+v", resending)
+	}
+	if len(resending.FirstResent) == 0 || resending.FirstResent[0].Request != "GET /" {
+		t.Fatalf("want the resent requests listed, got %+v", resending.FirstResent)
+	}
+}
+
+func TestPostsCarryFreshKeysAndGetsUseTheCreatedID(t *testing.T) {
+	var (
+		mu      sync.Mutex
+		keys    = map[string]bool{}
+		created = map[string]bool{}
+		unknown int
+		lastID  int
+	)
+	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case r.Method == http.MethodPost:
+			key := r.Header.Get("Idempotency-Key")
+			if key == "" || keys[key] || r.Header.Get("Content-Type") != "application/json" {
+				unknown++
+			}
+			keys[key] = true
+			lastID++
+			id := strconv.Itoa(lastID)
+			created[id] = true
+			w.WriteHeader(http.StatusCreated)
+			w.Write([]byte(`{"id": ` + id + `, "name": "x"}`))
+		case strings.HasPrefix(r.URL.Path, "/items/"):
+			if !created[strings.TrimPrefix(r.URL.Path, "/items/")] {
+				unknown++
+			}
+		}
+	}))
+	defer server.Close()
+
+	report := run(mustParse(t, "-target", tcpTarget(server), "-c", "3", "-d", "300ms", "-warmup", "0s",
+		"-idempotency-key", "-request", "GET /items/{id}", "-request", `POST /items {"name":"x"}`,
+		"-request", "GET /health"))
+
+	mu.Lock()
+	defer mu.Unlock()
+	if report.Failures != 0 || report.Non2xxTotal != 0 || len(keys) < 3 || unknown != 0 {
+		t.Fatalf("want distinct keys and only created ids, got %d keys, %d bad requests, %+v",
+			len(keys), unknown, report)
+	}
+}
+
+func TestHTTPSTargetsAndTheReportFile(t *testing.T) {
+	server := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("secure"))
+	}))
+	defer server.Close()
+	target := "https://" + server.Listener.Addr().String()
+	out := filepath.Join(t.TempDir(), "report.json")
+
+	unverified := run(mustParse(t, "-target", target, "-c", "1", "-d", "100ms", "-warmup", "0s"))
+	if unverified.Errors["tls"] == 0 || unverified.Answers != 0 {
+		t.Fatalf("a test certificate must fail verification without -insecure, got %+v", unverified)
+	}
+
+	cfg := mustParse(t, "-target", target, "-insecure", "-c", "2", "-d", "200ms", "-warmup", "0s",
+		"-out", out)
+	report := run(cfg)
+	if report.Answers == 0 || report.ErrorsTotal != 0 {
+		t.Fatalf("want clean answers over TLS, got %+v", report)
+	}
+	data, _ := json.Marshal(report)
+	if err := writeAtomically(cfg.out, data); err != nil {
+		t.Fatal(err)
+	}
+	var written Report
+	raw, err := os.ReadFile(out)
+	if err != nil || json.Unmarshal(raw, &written) != nil || written.Answers != report.Answers {
+		t.Fatalf("report file %s unreadable or different: %v %s", out, err, raw)
 	}
 }
