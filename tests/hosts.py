@@ -4,6 +4,7 @@ module, so what several of them need lives here (the project root is on pytest's
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import yaml
 
 ROLES = Path(__file__).resolve().parent.parent / "roles"
+LOAD_TASKS = ROLES.parent / "molecule" / "resources" / "tasks" / "load.yml"
 
 # The highest `systemd-analyze security` exposure a unit we ship or configure may have:
 # the one issue 17 set ("OK" in systemd's words).
@@ -42,3 +44,12 @@ def exposure(host, unit: str) -> float:
 def assert_sandboxed(host, unit: str) -> None:
     level = exposure(host, unit)
     assert level <= MAX_EXPOSURE, f"{unit}: exposure {level} above {MAX_EXPOSURE}"
+
+
+def load_tally(host) -> dict[str, Any]:
+    """tools/loadgen's report of the last load window on host (a side effect's), from where
+    molecule/resources/tasks/load.yml has it written."""
+    path = yaml.safe_load(LOAD_TASKS.read_text())[0]["vars"]["load_tally"]
+    tally = host.file(path)
+    assert tally.exists, f"{path} missing: run `molecule side-effect` before verify"
+    return json.loads(tally.content_string)

@@ -13,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 from dotenv import dotenv_values
 
 from tests.hosts import role_defaults
@@ -93,19 +92,6 @@ def db_password(secret):
         return secret("postgresql_app_password" if service == "app" else f"db_password_{service}")
 
     return read
-
-
-# Where the drills' load generator leaves its report (molecule/resources/tasks/load.yml).
-LOAD_TALLY = yaml.safe_load(
-    (Path(__file__).parents[1] / "resources" / "tasks" / "load.yml").read_text()
-)[0]["vars"]["load_tally"]
-
-
-def load_tally(host) -> dict:
-    """tools/loadgen's report of the last load window on host (the side effect's)."""
-    tally = host.file(LOAD_TALLY)
-    assert tally.exists, f"{LOAD_TALLY} missing: run `molecule side-effect` before verify"
-    return json.loads(tally.content_string)
 
 
 # The collector's file sink (roles/otelcol): each batch of spans one line of OTLP JSON in

@@ -12,7 +12,9 @@ import json
 import shlex
 
 import pytest
-from conftest import load_tally, read_settings
+from conftest import read_settings
+
+from tests.hosts import load_tally
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,9 @@ import json
 import shlex
 
 import pytest
-from conftest import (
-    APP_HOSTS,
-    SERVICES,
-    address,
-    load_json,
-    load_tally,
-    recap,
-    service_requests,
-)
+from conftest import APP_HOSTS, SERVICES, address, load_json, recap, service_requests
+
+from tests.hosts import load_tally
 
 # One public path per service, answered by the service itself.
 SERVICE_PATHS = {
