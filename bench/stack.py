@@ -420,6 +420,9 @@ def endpoints(item_ids: list[int]) -> list[Endpoint]:
                 POST_BODY,
                 "-header",
                 "Content-Type: application/json",
+                # A fresh key per POST, as every write through nginx carries (nginx makes one
+                # up when the client sends none): (c) then stores one too, like (a) and (b).
+                "-idempotency-key",
             ),
         ),
     ]
