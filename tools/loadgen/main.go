@@ -139,7 +139,7 @@ type Report struct {
 	Resent        int64                       `json:"resent"`
 	FirstResent   []event                     `json:"first_resent"`
 	ByTarget      map[string]map[string]int64 `json:"by_target"`
-	Reconnects    int64                       `json:"reconnects"`
+	Reconnects    int64                       `json:"reconnects"` // server-closed; -close's own not counted
 	// Answers per connection in the measured window, fewest and most: a server that starves
 	// some connections shows a low minimum however good its median latency looks.
 	ConnMin      int64   `json:"per_connection_min"`
@@ -301,7 +301,8 @@ func parseTarget(t string) (target, error) {
 // parseRequest reads 'METHOD PATH [BODY]'.
 func parseRequest(entry string) (request, error) {
 	fields := strings.SplitN(strings.TrimSpace(entry), " ", 3)
-	if len(fields) < 2 || fields[0] == "" || strings.ToUpper(fields[0]) != fields[0] {
+	fields[0] = strings.ToUpper(fields[0])
+	if len(fields) < 2 || fields[0] == "" {
 		return request{}, fmt.Errorf("request %q: want 'METHOD PATH [BODY]'", entry)
 	}
 	if !strings.HasPrefix(fields[1], "/") {
@@ -549,7 +550,14 @@ func (c *connection) send(r request, payload []byte) {
 				c.itemID = id
 			}
 		}
-		if !keepAlive {
+		if c.cfg.closeEach {
+			// Let the server close first, as it does after "Connection: close": the
+			// TIME_WAIT stays on its side, not on this source address's ports. A server
+			// that keeps it open gets a second, then this side closes.
+			_ = c.conn.SetReadDeadline(time.Now().Add(time.Second))
+			_, _ = io.Copy(io.Discard, c.in)
+			c.close()
+		} else if !keepAlive {
 			c.tally.reconnect++
 			c.close()
 		}
@@ -559,8 +567,10 @@ func (c *connection) send(r request, payload []byte) {
 
 func (c *connection) exchange(r request, payload []byte) (int, bool, []byte, error) {
 	if _, err := c.conn.Write(payload); err != nil {
-		// Nothing of an answer can have come back.
-		return 0, false, nil, fmt.Errorf("%w: %w", errUnanswered, err)
+		if errorKind(err, "") == "closed" { // the server had closed it: nothing was read
+			return 0, false, nil, fmt.Errorf("%w: %w", errUnanswered, err)
+		}
+		return 0, false, nil, err
 	}
 	return readResponse(c.in, r.method == "HEAD", r.method == "POST")
 }
@@ -606,10 +616,10 @@ func (c *connection) count(r request, status int) {
 	c.targetCounts()[strconv.Itoa(status)]++
 	if status < 200 || status > 299 {
 		c.tally.non2xx++
-		c.note(&c.tally.failures, r, strconv.Itoa(status))
 	}
 	if status >= 500 {
 		c.tally.status5xx++
+		c.note(&c.tally.failures, r, strconv.Itoa(status))
 	}
 }
 
